@@ -1,0 +1,134 @@
+"""Entropy parameters and context model for y: the 4-step quadtree ("four-part") prior of
+DCVC-DC/FM (SPEC.md 3.4), its rate model, and the coding of y.
+
+features (B, Ch, H/16, W/16) from the hyper-decoder -> prior P (B, 2Cy, ...).
+Step 0 takes (scales, means) from P; steps 1-3 from
+trunk(adaptor_k(cat(y_hat coded so far, reduction(P)))). Each step codes one phase of every
+2x2 block in each of the four channel groups, so after four steps every element is coded.
+Residuals r = y - mu are coded under zero-mean Gaussians of scale sigma.
+
+One loop (`run`) serves training, the encoder and the decoder; they differ only in how a
+step turns (scales, means) into integer residuals, so encoder and decoder cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from compressai.ops import quantize_ste
+from compressai.ops.bound_ops import LowerBoundFunction
+from torch import nn
+
+from ..config import BlockConfig, EntropyConfig
+from .blocks import DepthConvBlock, conv1x1
+from .entropy_coding import GaussianCoder
+
+# Phase (row % 2, col % 2) coded by channel groups 0..3 at each step (SPEC.md 3.4 table).
+STEP_PHASES = (
+    ((0, 0), (0, 1), (1, 0), (1, 1)),
+    ((1, 1), (1, 0), (0, 1), (0, 0)),
+    ((1, 0), (1, 1), (0, 0), (0, 1)),
+    ((0, 1), (0, 0), (1, 1), (1, 0)),
+)
+
+# code_step(step, scales, means, mask) -> integer residuals shaped like `means`
+CodeStep = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def step_masks(channels: int, height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(4, C, H, W) 0/1 masks; mask[k] marks the elements coded at step k."""
+    masks = torch.zeros(len(STEP_PHASES), channels, height, width, dtype=dtype, device=device)
+    group = channels // 4
+    for step, phases in enumerate(STEP_PHASES):
+        for g, (row, col) in enumerate(phases):
+            masks[step, g * group : (g + 1) * group, row::2, col::2] = 1
+    return masks
+
+
+def gaussian_likelihood(residual: torch.Tensor, scales: torch.Tensor, cfg: EntropyConfig) -> torch.Tensor:
+    """Mass of [r - 1/2, r + 1/2] under N(0, sigma^2), sigma >= scale_min and mass >=
+    likelihood_bound, both with gradient-preserving lower bounds (compressai's LowerBound)."""
+    sigma = LowerBoundFunction.apply(scales, scales.new_tensor([cfg.scale_min]))
+    v = residual.abs()
+    upper = 0.5 * torch.erfc((v - 0.5) / (sigma * math.sqrt(2.0)))
+    lower = 0.5 * torch.erfc((v + 0.5) / (sigma * math.sqrt(2.0)))
+    return LowerBoundFunction.apply(upper - lower, residual.new_tensor([cfg.likelihood_bound]))
+
+
+def rate_bits(likelihoods: torch.Tensor, cfg: EntropyConfig) -> torch.Tensor:
+    """Training rate per element: max(0, -log2(P + rate_eps))."""
+    return (-torch.log2(likelihoods + cfg.rate_eps)).clamp_min(0)
+
+
+class QuadtreeContextModel(nn.Module):
+    def __init__(self, hyper_channels: int, y_channels: int, bc: BlockConfig):
+        super().__init__()
+        p = 2 * y_channels
+        self.y_channels = y_channels
+        self.prior_fusion = nn.Sequential(DepthConvBlock(hyper_channels, p, bc), DepthConvBlock(p, p, bc))
+        self.reduction = conv1x1(p, y_channels)
+        self.adaptors = nn.ModuleList(DepthConvBlock(p, p, bc) for _ in range(len(STEP_PHASES) - 1))
+        self.trunk = nn.Sequential(*(DepthConvBlock(p, p, bc) for _ in range(3)))
+
+    def run(self, features: torch.Tensor, code_step: CodeStep) -> torch.Tensor:
+        """The 4-step loop; returns y_hat = sum over steps of mask_k * (q_k + mu_k)."""
+        prior = self.prior_fusion(features)
+        reduced = self.reduction(prior)
+        masks = step_masks(*reduced.shape[1:], dtype=reduced.dtype, device=reduced.device)
+        y_hat = torch.zeros_like(reduced)
+        for step in range(len(STEP_PHASES)):
+            if step == 0:
+                params = prior
+            else:
+                params = self.trunk(self.adaptors[step - 1](torch.cat([y_hat, reduced], dim=1)))
+            scales, means = params.chunk(2, dim=1)
+            q = code_step(step, scales, means, masks[step])
+            y_hat = y_hat + masks[step] * (q + means)
+        return y_hat
+
+    def forward(self, y: torch.Tensor, features: torch.Tensor, cfg: EntropyConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training / evaluation pass: y_hat with straight-through rounding of the residuals, and
+        per-element likelihoods (noisy residuals in training mode, rounded ones in eval mode)."""
+        likelihoods = torch.ones_like(y)
+
+        def code_step(step: int, scales: torch.Tensor, means: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            nonlocal likelihoods
+            r = y - means
+            if self.training:
+                rate_input = r + torch.empty_like(r).uniform_(-cfg.noise, cfg.noise)
+            else:
+                rate_input = torch.round(r)
+            likelihoods = torch.where(mask.bool(), gaussian_likelihood(rate_input, scales, cfg), likelihoods)
+            return quantize_ste(r)
+
+        return self.run(features, code_step), likelihoods
+
+    def compress(self, y: torch.Tensor, features: torch.Tensor, coder: GaussianCoder, max_symbol: int) -> tuple[list[bytes], torch.Tensor]:
+        """Encode y (B, Cy, h, w); returns one rANS stream per image and the decoder's y_hat."""
+        writers = [coder.writer() for _ in range(y.shape[0])]
+
+        def code_step(step: int, scales: torch.Tensor, means: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            q = torch.round(y - means).clamp(-max_symbol, max_symbol)
+            selected = mask.bool()
+            for b, writer in enumerate(writers):
+                writer.write(q[b][selected], scales[b][selected])
+            return q
+
+        y_hat = self.run(features, code_step)
+        return [w.finish() for w in writers], y_hat
+
+    def decompress(self, strings: list[bytes], features: torch.Tensor, coder: GaussianCoder, max_symbol: int) -> torch.Tensor:
+        """Decode y_hat (B, Cy, h, w) from one rANS stream per image."""
+        y_elements = self.y_channels * features.shape[-2] * features.shape[-1]
+        readers = [coder.reader(s, num_symbols=y_elements) for s in strings]
+
+        def code_step(step: int, scales: torch.Tensor, means: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            q = torch.zeros_like(means)
+            selected = mask.bool()
+            for b, reader in enumerate(readers):
+                q[b][selected] = reader.read(scales[b][selected], max_symbol).to(q.dtype)
+            return q
+
+        return self.run(features, code_step)

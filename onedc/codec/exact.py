@@ -1,0 +1,110 @@
+"""Exact (platform-independent) evaluation of the entropy-parameter networks.
+
+The encoder and the decoder must pick identical Gaussian tables and means for every symbol
+of y, or the rANS decoder loses synchronisation (CompressAI #279, #309, DCVC #150). Float
+convolutions are not reproducible across machines, thread counts or devices: the order of
+the sums differs. We remove the order dependence instead of hoping for equal kernels:
+
+* activations live on a fixed grid of 2^-F (F = frac_bits) and are clamped to +-act_bound;
+* each conv's weights are rounded to a grid of 2^-Fw, with Fw <= max_weight_frac_bits chosen
+  per layer (from the weights alone) so that every partial sum of the conv is an integer
+  multiple of 2^-(F+Fw) below 2^53 in magnitude;
+* the conv then runs in float64, where such sums are exact in any order, on any machine;
+  the result is rounded back to the 2^-F grid (round half to even, exact).
+
+LeakyReLU, PixelShuffle, concatenation, chunking, masking and residual additions are exact or
+correctly rounded IEEE operations, so the whole network gives bit-identical outputs
+everywhere. The cost: weights lose precision below 2^-Fw (about 1e-6), which changes the
+entropy parameters by far less than matters for the rate. Runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ExactConfig
+from ..errors import ConfigError
+
+# Integers below 2^53 are exact in float64; keep a factor of two of headroom.
+_EXACT_LIMIT = 2.0**52
+
+
+def to_grid(x: torch.Tensor, frac_bits: int) -> torch.Tensor:
+    """Round x to the nearest multiple of 2^-frac_bits (exact in float64)."""
+    scale = 2.0**frac_bits
+    return torch.round(x * scale) / scale
+
+
+class ExactConv2d(nn.Module):
+    """A copy of an nn.Conv2d evaluated exactly in float64 fixed point."""
+
+    def __init__(self, conv: nn.Conv2d, cfg: ExactConfig):
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ConfigError("exact evaluation supports zero-padded convolutions with explicit padding only")
+        self.frac_bits = cfg.frac_bits
+        self.act_bound = float(cfg.act_bound)
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        w = conv.weight.detach().to("cpu", torch.float64)
+        b = conv.bias.detach().to("cpu", torch.float64) if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        max_input = self.act_bound * 2.0**cfg.frac_bits  # largest |activation| in grid units
+        for weight_bits in range(cfg.max_weight_frac_bits, -1, -1):
+            w_int = torch.round(w * 2.0**weight_bits)
+            b_int = torch.round(b * 2.0 ** (weight_bits + cfg.frac_bits))
+            worst = w_int.abs().flatten(1).sum(1) * max_input + b_int.abs()
+            if bool((worst < _EXACT_LIMIT).all()):
+                break
+        else:
+            raise ConfigError("a convolution's weights are too large for exact evaluation; lower codec.entropy.exact.act_bound")
+        self.weight_frac_bits = weight_bits
+        self.register_buffer("weight", w_int / 2.0**weight_bits)
+        self.register_buffer("bias", b_int / 2.0 ** (weight_bits + cfg.frac_bits))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = to_grid(x.clamp(-self.act_bound, self.act_bound), self.frac_bits)
+        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return to_grid(out, self.frac_bits)
+
+
+class ExactLeakyReLU(nn.Module):
+    def __init__(self, act: nn.LeakyReLU, cfg: ExactConfig):
+        super().__init__()
+        self.slope = act.negative_slope
+        self.frac_bits = cfg.frac_bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return to_grid(F.leaky_relu(x, self.slope), self.frac_bits)
+
+
+# Parameter-free modules whose outputs are exact rearrangements of their inputs.
+_EXACT_AS_IS = (nn.PixelShuffle, nn.Identity)
+
+
+def exact_copy(module: nn.Module, cfg: ExactConfig) -> nn.Module:
+    """A CPU float64 copy of `module` with every Conv2d and LeakyReLU made exact.
+
+    Only convolutions, LeakyReLUs and parameter-free rearrangements may appear as leaves;
+    anything else (normalisation, attention, ...) raises ConfigError, because it cannot be
+    evaluated reproducibly. The module's own forward code is reused unchanged.
+    """
+    clone = copy.deepcopy(module).to("cpu", torch.float64).eval().requires_grad_(False)
+    _swap_leaves(clone, cfg)
+    return clone
+
+
+def _swap_leaves(parent: nn.Module, cfg: ExactConfig) -> None:
+    for name, child in parent.named_children():
+        if isinstance(child, nn.Conv2d):
+            setattr(parent, name, ExactConv2d(child, cfg))
+        elif isinstance(child, nn.LeakyReLU):
+            setattr(parent, name, ExactLeakyReLU(child, cfg))
+        elif isinstance(child, _EXACT_AS_IS):
+            continue
+        elif next(child.children(), None) is None:
+            raise ConfigError(f"{type(child).__name__} cannot be evaluated exactly (entropy-parameter networks may only use convs and LeakyReLU)")
+        else:
+            _swap_leaves(child, cfg)

@@ -1,0 +1,126 @@
+"""The OneDC latent codec: everything between the image (+ SD VAE latent) and the U-Net's
+inputs, with CompressAI's contract (forward -> likelihoods, compress -> strings + shape,
+decompress mirrors compress).
+
+x (B, 3, H, W) in [-1, 1], H and W multiples of 64; x_lat (B, 4, H/8, W/8)
+  g_a -> y (B, Cy, H/16, W/16), sem;  h_enc -> z;  FSQ -> z_hat, indices (B, H/64, W/64)
+  hyper-decoder(z_hat) -> f_z, features;  context model -> y_hat;  h_sem(f_z) -> c
+  g_s(y_hat, c) -> y_in (B, Cin, H/8, W/8)
+
+Bit-exactness: the decoder rebuilds z_hat from the transmitted indices, and the encoder
+derives every entropy parameter from that same z_hat and from the y_hat the decoder will
+reconstruct. Both run the hyper-decoder trunk and the context model through `exact_copy`
+(CPU, float64 fixed point), so any machine decodes the same y_hat from the same file.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from ..config import BlockConfig, CodecConfig
+from ..errors import BitstreamError
+from .analysis import AnalysisTransform
+from .context_model import QuadtreeContextModel, rate_bits
+from .entropy_coding import GaussianCoder, pack_fixed_width, unpack_fixed_width
+from .exact import exact_copy
+from .hyperprior import FSQ, HyperDecoder, HyperEncoder
+from .semantic import SemanticDecoder
+from .synthesis import SynthesisTransform
+
+
+class LatentCodec(nn.Module):
+    def __init__(self, cfg: CodecConfig, bc: BlockConfig):
+        super().__init__()
+        self.cfg = cfg
+        sem_channels = cfg.analysis.unet.block_out_channels[-1]
+        self.g_a = AnalysisTransform(cfg.analysis, cfg.y_channels, bc)
+        self.fsq = FSQ(cfg.fsq)
+        self.h_enc = HyperEncoder(cfg.y_channels, sem_channels, self.fsq.dim, cfg.hyper_encoder, bc)
+        self.h_dec = HyperDecoder(self.fsq.dim, cfg.hyper_decoder, bc)
+        self.context = QuadtreeContextModel(cfg.hyper_decoder.channels, cfg.y_channels, bc)
+        self.h_sem = SemanticDecoder(cfg.hyper_decoder.channels, cfg.semantic, bc)
+        self.g_s = SynthesisTransform(cfg.y_channels, cfg.semantic.channels, cfg.synthesis, bc)
+        self._coder: GaussianCoder | None = None
+        self._exact: tuple[tuple, nn.ModuleDict] | None = None
+
+    @property
+    def coder(self) -> GaussianCoder:
+        """CPU tables of the y coder, built on first use (not weights, not in state_dict)."""
+        if self._coder is None:
+            self._coder = GaussianCoder(self.cfg.entropy)
+        return self._coder
+
+    def forward(self, x: torch.Tensor, x_lat: torch.Tensor) -> dict:
+        """Training / evaluation pass. bits["y"] uses the training rate formula per image;
+        bits["z"] is the fixed cost of the indices per image."""
+        y, sem = self.g_a(x, x_lat)
+        z_hat, indices = self.fsq(self.h_enc(y, sem))
+        f_z, features = self.h_dec(z_hat)
+        y_hat, likelihoods = self.context(y, features, self.cfg.entropy)
+        c = self.h_sem(f_z)
+        bits_y = rate_bits(likelihoods, self.cfg.entropy).flatten(1).sum(dim=1)
+        bits_z = torch.full_like(bits_y, float(indices[0].numel() * self.fsq.bits))
+        return {
+            "y": y,
+            "y_hat": y_hat,
+            "z_hat": z_hat,
+            "indices": indices,
+            "c": c,
+            "y_in": self.g_s(y_hat, c),
+            "likelihoods": {"y": likelihoods},
+            "bits": {"y": bits_y, "z": bits_z},
+        }
+
+    def weights_fingerprint(self) -> tuple:
+        """Changes whenever a tensor of the codec is replaced or modified in place (through its
+        version counter). Writes through `.data` bypass version counters: rebuild or reload
+        the model after them."""
+        return tuple((t.data_ptr(), t._version) for t in itertools.chain(self.parameters(), self.buffers()))
+
+    def _exact_entropy_model(self) -> nn.ModuleDict:
+        """Exact copies of the hyper-decoder and context model, rebuilt when weights change."""
+        fingerprint = self.weights_fingerprint()
+        if self._exact is None or self._exact[0] != fingerprint:
+            modules = nn.ModuleDict({"h_dec": self.h_dec, "context": self.context})
+            self._exact = (fingerprint, exact_copy(modules, self.cfg.entropy.exact))
+        return self._exact[1]
+
+    def _semantic(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.h_sem(self.h_dec.stem(self.fsq.codes(indices)))
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, x_lat: torch.Tensor) -> dict:
+        """-> {"strings": {"y": [bytes] * B, "z": [bytes] * B}, "shape": (H/64, W/64),
+        "y_hat": what the decoder will reconstruct, "c"}"""
+        y, sem = self.g_a(x, x_lat)
+        _, indices = self.fsq(self.h_enc(y, sem))
+        exact = self._exact_entropy_model()
+        _, features = exact["h_dec"](self.fsq.codes(indices).to("cpu", torch.float64))
+        y_strings, y_hat = exact["context"].compress(
+            y.to("cpu", torch.float64), features, self.coder, self.cfg.entropy.max_symbol
+        )
+        z_strings = [pack_fixed_width(i.cpu().numpy(), self.fsq.bits) for i in indices]
+        return {
+            "strings": {"y": y_strings, "z": z_strings},
+            "shape": tuple(indices.shape[-2:]),
+            "y_hat": y_hat.to(x.device, torch.float32),
+            "c": self._semantic(indices),
+        }
+
+    @torch.no_grad()
+    def decompress(self, strings: dict, shape: tuple[int, int]) -> dict:
+        """strings {"y": [bytes] * B, "z": [bytes] * B}, shape (H/64, W/64) -> {"y_hat", "c"}."""
+        h, w = shape
+        device = next(self.parameters()).device
+        indices = torch.stack(
+            [torch.from_numpy(unpack_fixed_width(s, h * w, self.fsq.bits)).view(h, w) for s in strings["z"]]
+        )
+        if int(indices.max()) >= self.fsq.codebook_size:
+            raise BitstreamError("corrupt z stream: index beyond the FSQ codebook")
+        exact = self._exact_entropy_model()
+        _, features = exact["h_dec"](self.fsq.codes(indices).to(torch.float64))
+        y_hat = exact["context"].decompress(strings["y"], features, self.coder, self.cfg.entropy.max_symbol)
+        return {"y_hat": y_hat.to(device, torch.float32), "c": self._semantic(indices.to(device))}

@@ -1,0 +1,263 @@
+"""Structured model configuration.
+
+The dataclasses below are the schema; the values live in the Hydra YAML tree under
+`configs/` (shipped as the `onedc.configs` package). `load_model_config` composes a named
+config (e.g. `onedc_sd15`) or reads a YAML file, checks types against this schema and
+values with `validate`, and returns a `ModelConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+
+@dataclass
+class BlockConfig:
+    norm_groups: int = MISSING
+    norm_eps: float = MISSING
+    depthwise_slope: float = MISSING
+    ffn_expansion: int = MISSING
+    ffn_slopes: list[float] = MISSING
+    upsample_slopes: list[float] = MISSING
+    stem_slope: float = MISSING
+
+
+@dataclass
+class UNetConfig:
+    block_out_channels: list[int] = MISSING
+    down_block_types: list[str] = MISSING
+    up_block_types: list[str] = MISSING
+    layers_per_block: int = MISSING
+    attention_head_dim: int = MISSING
+    norm_num_groups: int = MISSING
+
+
+@dataclass
+class AnalysisConfig:
+    patch_size: int = MISSING
+    pixel_channels: int = MISSING
+    latent_channels: int = MISSING
+    fused_channels: int = MISSING
+    stem_blocks: int = MISSING
+    trunk_channels: int = MISSING
+    timestep: int = MISSING
+    unet: UNetConfig = field(default_factory=UNetConfig)
+
+
+@dataclass
+class HyperEncoderConfig:
+    channels: list[int] = MISSING
+
+
+@dataclass
+class FSQConfig:
+    levels: list[int] = MISSING
+    eps: float = MISSING
+
+
+@dataclass
+class HyperDecoderConfig:
+    channels: int = MISSING
+
+
+@dataclass
+class SemanticConfig:
+    channels: int = MISSING
+    stages: int = MISSING
+    attentions_per_stage: int = MISSING
+
+
+@dataclass
+class SynthesisConfig:
+    y_channels: list[int] = MISSING
+    c_channels: list[int] = MISSING
+    res_blocks: int = MISSING
+    out_channels: int = MISSING
+
+
+@dataclass
+class ExactConfig:
+    frac_bits: int = MISSING
+    max_weight_frac_bits: int = MISSING
+    act_bound: int = MISSING
+
+
+@dataclass
+class EntropyConfig:
+    scale_min: float = MISSING
+    scale_max: float = MISSING
+    scale_levels: int = MISSING
+    tail_mass: float = MISSING
+    likelihood_bound: float = MISSING
+    rate_eps: float = MISSING
+    noise: float = MISSING
+    max_symbol: int = MISSING
+    exact: ExactConfig = field(default_factory=ExactConfig)
+
+
+@dataclass
+class CodecConfig:
+    y_channels: int = MISSING
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    hyper_encoder: HyperEncoderConfig = field(default_factory=HyperEncoderConfig)
+    fsq: FSQConfig = field(default_factory=FSQConfig)
+    hyper_decoder: HyperDecoderConfig = field(default_factory=HyperDecoderConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)
+
+
+@dataclass
+class VAEConfig:
+    block_out_channels: list[int] = MISSING
+    down_block_types: list[str] = MISSING
+    up_block_types: list[str] = MISSING
+    layers_per_block: int = MISSING
+    latent_channels: int = MISSING
+    norm_num_groups: int = MISSING
+    sample_size: int = MISSING
+    scaling_factor: float = MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    seed: int = MISSING
+    image_multiple: int = MISSING
+    blocks: BlockConfig = field(default_factory=BlockConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_config_names() -> list[str]:
+    """Names of the model configs shipped in `configs/model/`."""
+    from importlib.resources import files
+
+    return sorted(p.name[: -len(".yaml")] for p in files("onedc.configs.model").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_model_config(name_or_path: str | Path) -> ModelConfig:
+    """Compose the model config `name_or_path` (a name under configs/model/, or a YAML file
+    holding a complete model config) and return it checked and validated."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"model config file not found: {path}")
+        try:
+            raw = OmegaConf.load(path)
+        except Exception as e:  # yaml.YAMLError and friends
+            raise ConfigError(f"cannot read model config {path}: {e}") from e
+        return model_config_from_dict(raw, source=str(path))
+    name = str(name_or_path)
+    if name not in model_config_names():
+        raise ConfigError(f"unknown model config {name!r}; available: {', '.join(model_config_names())}")
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("onedc.configs", version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}"])
+    return model_config_from_dict(cfg.model, source=name)
+
+
+def model_config_from_dict(raw: Any, source: str = "config") -> ModelConfig:
+    """Check `raw` (dict or DictConfig) against the schema and validate its values."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid model config ({source}): {e}") from e
+    validate(cfg)
+    return cfg
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: ModelConfig) -> None:
+    """Value checks the type schema cannot express; raises ConfigError naming the key."""
+    b, c, a, e = cfg.blocks, cfg.codec, cfg.codec.analysis, cfg.codec.entropy
+    positive = {
+        "blocks.norm_groups": b.norm_groups,
+        "blocks.ffn_expansion": b.ffn_expansion,
+        "codec.y_channels": c.y_channels,
+        "codec.analysis.pixel_channels": a.pixel_channels,
+        "codec.analysis.latent_channels": a.latent_channels,
+        "codec.analysis.fused_channels": a.fused_channels,
+        "codec.analysis.stem_blocks": a.stem_blocks,
+        "codec.analysis.trunk_channels": a.trunk_channels,
+        "codec.hyper_decoder.channels": c.hyper_decoder.channels,
+        "codec.semantic.channels": c.semantic.channels,
+        "codec.semantic.stages": c.semantic.stages,
+        "codec.synthesis.res_blocks": c.synthesis.res_blocks,
+        "codec.synthesis.out_channels": c.synthesis.out_channels,
+        "codec.entropy.scale_levels": e.scale_levels,
+        "codec.entropy.max_symbol": e.max_symbol,
+    }
+    for key, value in positive.items():
+        _require(value > 0, f"{key} must be positive, got {value}")
+    _require(b.ffn_expansion % 2 == 0, f"blocks.ffn_expansion must be even, got {b.ffn_expansion}")
+    _require(len(b.ffn_slopes) == 2, "blocks.ffn_slopes must hold two slopes")
+    _require(len(b.upsample_slopes) == 2, "blocks.upsample_slopes must hold two slopes")
+    _require(c.y_channels % 4 == 0, f"codec.y_channels must be divisible by 4 (quadtree channel groups), got {c.y_channels}")
+    _require(a.patch_size == 8, f"codec.analysis.patch_size must be 8 (g_s and the SD latent are at 1/8), got {a.patch_size}")
+    n_blocks = len(a.unet.block_out_channels)
+    _require(n_blocks == 3, f"codec.analysis.unet.block_out_channels must have 3 entries (the mid-block sits at 1/64), got {n_blocks}")
+    _require(
+        len(a.unet.down_block_types) == n_blocks and len(a.unet.up_block_types) == n_blocks,
+        "codec.analysis.unet: down_block_types and up_block_types need one entry per block_out_channels entry",
+    )
+    _require(cfg.image_multiple == 64, f"image_multiple must be 64 (z sits at 1/64), got {cfg.image_multiple}")
+    _require(len(c.hyper_encoder.channels) == 2, "codec.hyper_encoder.channels must hold two widths")
+    _require(len(c.synthesis.y_channels) == 2, "codec.synthesis.y_channels must hold two widths")
+    _require(len(c.synthesis.c_channels) == 3, "codec.synthesis.c_channels must hold three widths")
+    _require(len(c.fsq.levels) >= 1 and all(n >= 2 for n in c.fsq.levels), f"codec.fsq.levels must be integers >= 2, got {c.fsq.levels}")
+    _require(0 <= c.fsq.eps < 1, f"codec.fsq.eps must be in [0, 1), got {c.fsq.eps}")
+    grouped = {
+        "codec.analysis.fused_channels": a.fused_channels,
+        "codec.analysis.trunk_channels": a.trunk_channels,
+        "codec.semantic.channels": c.semantic.channels,
+        **{f"codec.analysis.unet.block_out_channels[{i}]": w for i, w in enumerate(a.unet.block_out_channels)},
+        **{f"codec.hyper_encoder.channels[{i}]": w for i, w in enumerate(c.hyper_encoder.channels)},
+        **{f"codec.synthesis.y_channels[{i}]": w for i, w in enumerate(c.synthesis.y_channels)},
+    }
+    for key, width in grouped.items():
+        _require(width % b.norm_groups == 0, f"{key}={width} is not divisible by blocks.norm_groups={b.norm_groups}")
+    for i, w in enumerate(a.unet.block_out_channels):
+        _require(w % a.unet.norm_num_groups == 0, f"codec.analysis.unet.block_out_channels[{i}]={w} is not divisible by norm_num_groups")
+    _require(0 < e.scale_min < e.scale_max, f"codec.entropy needs 0 < scale_min < scale_max, got {e.scale_min}, {e.scale_max}")
+    _require(e.scale_levels >= 2, "codec.entropy.scale_levels must be at least 2")
+    _require(0 < e.tail_mass < 1e-2, f"codec.entropy.tail_mass must be in (0, 0.01), got {e.tail_mass}")
+    _require(0 < e.likelihood_bound < 1, "codec.entropy.likelihood_bound must be in (0, 1)")
+    _require(0 <= e.rate_eps < 1, "codec.entropy.rate_eps must be in [0, 1)")
+    _require(0 <= e.noise <= 0.5, "codec.entropy.noise must be in [0, 0.5]")
+    _require(e.max_symbol < 2**30, "codec.entropy.max_symbol must be below 2^30")
+    x = e.exact
+    _require(x.act_bound > 0 and math.log2(x.act_bound).is_integer(), f"codec.entropy.exact.act_bound must be a power of two, got {x.act_bound}")
+    _require(0 < x.frac_bits and 0 <= x.max_weight_frac_bits, "codec.entropy.exact: frac_bits must be positive")
+    _require(
+        x.frac_bits + math.log2(x.act_bound) < 45,
+        "codec.entropy.exact: frac_bits + log2(act_bound) must stay below 45 to leave room for weights in float64",
+    )
+    _require(
+        (e.max_symbol + x.act_bound) * 2**x.frac_bits < 2**53,
+        "codec.entropy.exact: max_symbol + act_bound must be representable on the 2^-frac_bits grid in float64",
+    )
+    v = cfg.vae
+    _require(
+        len(v.down_block_types) == len(v.block_out_channels) == len(v.up_block_types),
+        "vae: down_block_types, up_block_types and block_out_channels must have the same length",
+    )
+    _require(v.latent_channels == a.latent_channels, "vae.latent_channels must equal codec.analysis.latent_channels")
+    _require(2 ** (len(v.block_out_channels) - 1) == a.patch_size, "the VAE must downsample by codec.analysis.patch_size (8)")

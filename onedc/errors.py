@@ -1,0 +1,23 @@
+"""Exceptions raised by onedc. Every user-facing failure is an `OneDCError` with a message
+that says what is wrong and, where possible, what to do about it."""
+
+
+class OneDCError(Exception):
+    """Base class of all onedc errors."""
+
+
+class BitstreamError(OneDCError):
+    """A file is not a valid onedc bitstream for this model (bad magic, unsupported version,
+    length or checksum mismatch, model mismatch, corrupt entropy-coded data)."""
+
+
+class ImageError(OneDCError):
+    """An input image cannot be read or has an unsupported layout."""
+
+
+class ConfigError(OneDCError):
+    """A configuration is unknown, incomplete or has invalid values."""
+
+
+class CheckpointError(OneDCError):
+    """A checkpoint folder is missing, incomplete or does not fit the model."""

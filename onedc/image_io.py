@@ -1,0 +1,75 @@
+"""Reading and writing images.
+
+`load_image` returns a (3, H, W) float32 tensor in [-1, 1] and the list of conversions it
+applied (grayscale, alpha, palette, 16-bit ...), so callers can tell the user.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageError
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        head = f.read(25)
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        return head[24]
+    return None
+
+
+def load_image(path: str | Path) -> tuple[torch.Tensor, list[str]]:
+    """Read an image file as RGB; returns (x (3, H, W) in [-1, 1], conversion notes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"no such image file: {path}")
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                array, notes = _to_rgb8(im, notes)
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path} is not a readable image: {e}") from e
+    except OSError as e:
+        raise ImageError(f"cannot read image {path}: {e}") from e
+    if _png_bit_depth(path) == 16 and not any("16-bit" in n for n in notes):
+        notes.append("16-bit PNG reduced to 8 bits per channel")
+    x = torch.tensor(array).permute(2, 0, 1).float() / 127.5 - 1.0
+    return x, notes
+
+
+def _to_rgb8(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, list[str]]:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.round(values * 255.0 / peak), 0, 255).astype(np.uint8)
+        notes.append(f"{'16-bit ' if peak > 255 else ''}grayscale ({mode}) converted to 8-bit RGB")
+        return np.repeat(gray[..., None], 3, axis=2), notes
+    if mode == "P":
+        notes.append("palette image converted to RGB")
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
+        alpha = rgba[..., 3:] / 255.0
+        rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+        notes.append("alpha channel composited over white")
+        return np.clip(np.round(rgb), 0, 255).astype(np.uint8), notes
+    if mode in ("L", "1"):
+        notes.append("grayscale image converted to RGB")
+        return np.asarray(im.convert("RGB")), notes
+    if mode != "RGB":
+        notes.append(f"{mode} image converted to RGB")
+        im = im.convert("RGB")
+    return np.asarray(im), notes

@@ -1,0 +1,66 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from onedc import CheckpointError, OneDC
+
+
+def test_save_and_load_round_trip(fitted_model, tmp_path):
+    fitted_model.save_pretrained(tmp_path / "ckpt")
+    loaded = OneDC.from_pretrained(tmp_path / "ckpt")
+    assert loaded.identity == fitted_model.identity and loaded.lmbda == 4.6
+    for key, value in fitted_model.trainable_state_dict().items():
+        assert torch.equal(loaded.trainable_state_dict()[key], value)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["model.safetensors", "onedc.json"]
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporary_folders(fitted_model, tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    fitted_model.save_pretrained(tmp_path / "ckpt")
+    assert OneDC.from_pretrained(tmp_path / "ckpt").identity == fitted_model.identity
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tiny_model, tmp_path, monkeypatch):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("onedc.model.save_file", explode)
+    with pytest.raises(OSError, match="disk full"):
+        tiny_model.save_pretrained(tmp_path / "ckpt")
+    assert OneDC.from_pretrained(tmp_path / "ckpt").identity == tiny_model.identity
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_bad_checkpoints_fail_with_clear_messages(tiny_model, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        OneDC.from_pretrained(tmp_path / "nothing")
+    ckpt = tmp_path / "ckpt"
+    tiny_model.save_pretrained(ckpt)
+    weights = load_file(ckpt / "model.safetensors")
+    # a tensor changed after saving: digest mismatch
+    tampered = dict(weights)
+    tampered["codec.g_s.conv_out.block.0.conv2.bias"] = tampered["codec.g_s.conv_out.block.0.conv2.bias"] + 1
+    save_file(tampered, ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match="does not match the digest"):
+        OneDC.from_pretrained(ckpt)
+    # a missing and a reshaped tensor
+    broken = dict(weights)
+    del broken["codec.h_sem.blocks.0.block.1.conv.weight"]
+    broken["codec.g_a.pix_emb.bias"] = torch.zeros(3)
+    save_file(broken, ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match="1 missing .* 1 with wrong shapes"):
+        OneDC.from_pretrained(ckpt)
+    (ckpt / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        OneDC.from_pretrained(ckpt)
+    (ckpt / "onedc.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(CheckpointError, match="not a onedc checkpoint"):
+        OneDC.from_pretrained(ckpt)
+    (ckpt / "onedc.json").unlink()
+    with pytest.raises(CheckpointError, match="onedc.json is missing"):
+        OneDC.from_pretrained(ckpt)

@@ -1,0 +1,83 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from onedc.bitstream import read
+from onedc.cli import main
+
+
+@pytest.fixture()
+def chelsea_png(tmp_path) -> Path:
+    path = tmp_path / "chelsea.png"
+    Image.fromarray(skimage.data.chelsea()).save(path)
+    return path
+
+
+def test_compress_then_decompress_untrained(chelsea_png, tmp_path, capsys):
+    out = tmp_path / "chelsea.onedc"
+    assert main(["compress", str(chelsea_png), str(out), "--model", "onedc_tiny"]) == 0
+    captured = capsys.readouterr()
+    assert "untrained onedc_tiny" in captured.err
+    size = out.stat().st_size
+    assert f"{size} bytes" in captured.out and f"{8 * size / (300 * 451):.5f} bpp" in captured.out
+    header, _, _ = read(out.read_bytes())
+    assert (header.model.name, header.height, header.width) == ("onedc_tiny", 300, 451)
+
+    rec = tmp_path / "chelsea.safetensors"
+    assert main(["decompress", str(out), str(rec)]) == 0
+    tensors = load_file(rec)
+    assert tensors["y_hat"].shape == (1, 16, 20, 32) and tensors["c"].shape == (1, 32, 5, 8)
+
+
+def test_checkpoint_round_trip_and_mismatch(fitted_model, chelsea_png, tmp_path, capsys):
+    ckpt, out, rec = tmp_path / "ckpt", tmp_path / "c.onedc", tmp_path / "c.safetensors"
+    fitted_model.save_pretrained(ckpt)
+    assert main(["compress", str(chelsea_png), str(out), "--checkpoint", str(ckpt)]) == 0
+    assert main(["decompress", str(out), str(rec), "--checkpoint", str(ckpt)]) == 0
+    assert torch.equal(load_file(rec)["y_hat"], fitted_model.decompress(out.read_bytes()).y_hat)
+    capsys.readouterr()
+    # without its checkpoint, the untrained model of the same config refuses the file
+    assert main(["decompress", str(out), str(rec)]) == 1
+    assert "model mismatch" in capsys.readouterr().err
+
+
+def test_input_conversions_are_reported(tmp_path, capsys):
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    assert main(["compress", str(tmp_path / "a.png"), str(tmp_path / "a.onedc")]) == 0
+    assert "alpha channel composited over white" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compress", "{tmp}/text.png", "{tmp}/x.onedc"], "not a readable image"),
+        (["compress", "{tmp}/missing.png", "{tmp}/x.onedc"], "no such image file"),
+        (["compress", "{tmp}/ok.png", "{tmp}/x.onedc", "--model", "nope"], "unknown model config"),
+        (["decompress", "{tmp}/text.png", "{tmp}/x.safetensors"], "bad magic"),
+        (["decompress", "{tmp}/missing.onedc", "{tmp}/x.safetensors"], "cannot read"),
+        (["decompress", "{tmp}/text.png", "{tmp}/x.png"], "ending in .safetensors"),
+        (["compress", "{tmp}/text.png", "{tmp}/x.onedc", "--checkpoint", "{tmp}/none"], "not a readable image"),
+    ],
+)
+def test_errors_exit_non_zero_with_a_message(tmp_path, capsys, argv, message):
+    (tmp_path / "text.png").write_text("hello")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok.png")
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("onedc: error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "x.onedc").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).parent / "onedc"
+    assert exe.is_file(), "the onedc entry point is not installed beside the interpreter"
+    run = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("onedc ")

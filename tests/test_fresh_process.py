@@ -1,0 +1,32 @@
+"""A file decodes to the same y_hat in a fresh process with another thread count."""
+
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+
+DECODE = """
+import sys, torch
+torch.set_num_threads(1)
+from onedc.cli import main
+sys.exit(main(["decompress", sys.argv[1], sys.argv[2], "--checkpoint", sys.argv[3], "--device", "cpu"]))
+"""
+
+
+def test_fresh_process_with_one_thread_decodes_identically(fitted_model, photos, tmp_path):
+    image = photos["rocket"]  # 427 x 640: odd height
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        data, expected = fitted_model.encode(image)
+    finally:
+        torch.set_num_threads(threads)
+    checkpoint, file, out = tmp_path / "ckpt", tmp_path / "rocket.onedc", tmp_path / "rocket.safetensors"
+    fitted_model.save_pretrained(checkpoint)
+    file.write_bytes(data)
+    run = subprocess.run([sys.executable, "-c", DECODE, str(file), str(out), str(checkpoint)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    decoded = load_file(out)
+    assert torch.equal(decoded["y_hat"], expected.y_hat)
