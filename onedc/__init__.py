@@ -3,7 +3,6 @@
 from .bitstream import ModelIdentity
 from .config import ModelConfig, load_model_config
 from .errors import BitstreamError, CheckpointError, ConfigError, ImageError, OneDCError
-from .model import LatentReconstruction, OneDC
 
 __version__ = "0.1.0"
 
@@ -19,3 +18,12 @@ __all__ = [
     "OneDCError",
     "load_model_config",
 ]
+
+
+def __getattr__(name: str):
+    # The model pulls in diffusers (seconds to import); load it on first use only.
+    if name in ("OneDC", "LatentReconstruction"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'onedc' has no attribute {name!r}")

@@ -90,7 +90,7 @@ def cmd_decompress(args: argparse.Namespace) -> None:
     header, _, _ = bitstream.read(data)
     if not args.checkpoint and header.model.name not in model_config_names():
         raise OneDCError(f"{args.input} was written by {header.model.describe()}: pass its --checkpoint")
-    net = _load_model(header.model.name, args.checkpoint, _device(args.device))
+    net = _load_model(None if args.checkpoint else header.model.name, args.checkpoint, _device(args.device))
     rec = net.decompress(data)
     tensors = {"y_hat": rec.y_hat.cpu().contiguous(), "c": rec.c.cpu().contiguous()}
     meta = {"height": str(rec.height), "width": str(rec.width), "model": rec.model.describe()}

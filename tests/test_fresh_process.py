@@ -1,8 +1,10 @@
 """A file decodes to the same y_hat in a fresh process with another thread count."""
 
+import copy
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -30,3 +32,17 @@ def test_fresh_process_with_one_thread_decodes_identically(fitted_model, photos,
     assert run.returncode == 0, run.stderr
     decoded = load_file(out)
     assert torch.equal(decoded["y_hat"], expected.y_hat)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_file_encoded_on_the_cpu_decodes_identically_on_the_gpu(fitted_model, photos):
+    data, expected = fitted_model.encode(photos["chelsea"])
+    gpu_model = copy.deepcopy(fitted_model).to("cuda")
+    try:
+        assert gpu_model.identity == fitted_model.identity
+        assert torch.equal(gpu_model.decompress(data).y_hat.cpu(), expected.y_hat)
+        # and the other way round: encoded on the GPU, decoded on the CPU
+        data_gpu, expected_gpu = gpu_model.encode(photos["rocket"].cuda())
+        assert torch.equal(fitted_model.decompress(data_gpu).y_hat, expected_gpu.y_hat.cpu())
+    finally:
+        del gpu_model
