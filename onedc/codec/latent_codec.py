@@ -120,7 +120,8 @@ class LatentCodec(nn.Module):
         )
         if int(indices.max()) >= self.fsq.codebook_size:
             raise BitstreamError("corrupt z stream: index beyond the FSQ codebook")
+        indices = indices.to(device)
         exact = self._exact_entropy_model()
-        _, features = exact["h_dec"](self.fsq.codes(indices).to(torch.float64))
+        _, features = exact["h_dec"](self.fsq.codes(indices).to("cpu", torch.float64))
         y_hat = exact["context"].decompress(strings["y"], features, self.coder, self.cfg.entropy.max_symbol)
-        return {"y_hat": y_hat.to(device, torch.float32), "c": self._semantic(indices.to(device))}
+        return {"y_hat": y_hat.to(device, torch.float32), "c": self._semantic(indices)}
