@@ -8,7 +8,7 @@ All integers are big-endian.
     5       1     n = length of the model name
     6       n     model name (ASCII, the config name, e.g. "onedc_sd15")
     6+n     4     lambda, float32 (NaN: untrained model)
-    10+n    4     weights digest: first 4 bytes of SHA-256 over the latent codec's weights
+    10+n    4     weights digest: first 4 bytes of SHA-256 over the model's trainable weights
     14+n    2     original image height H (1..65535)
     16+n    2     original image width W (1..65535)
     18+n    4     L_y = byte length of the y stream
@@ -43,7 +43,7 @@ class ModelIdentity:
 
     name: str
     lmbda: float | None  # None for an untrained model
-    digest: bytes  # DIGEST_BYTES of SHA-256 over the latent codec's weights
+    digest: bytes  # DIGEST_BYTES of SHA-256 over the model's trainable weights
 
     def describe(self) -> str:
         rate = "untrained" if self.lmbda is None else f"lambda {self.lmbda:g}"

@@ -72,17 +72,16 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
 
 def cmd_decompress(args: argparse.Namespace) -> None:
-    from safetensors.torch import save_file
+    from PIL import Image
 
     from . import bitstream
     from .config import model_config_names
 
     output = Path(args.output)
-    if output.suffix != ".safetensors":
-        raise OneDCError(
-            f"{output}: decompress writes the latent reconstruction (y_hat and c) as .safetensors until the "
-            "generator lands; choose an output name ending in .safetensors"
-        )
+    latents_only = output.suffix == ".safetensors"
+    image_format = Image.registered_extensions().get(output.suffix.lower())
+    if not latents_only and image_format is None:
+        raise OneDCError(f"{output}: unknown output type; use an image suffix (.png, ...) or .safetensors for the latents")
     try:
         data = Path(args.input).read_bytes()
     except OSError as e:
@@ -91,43 +90,27 @@ def cmd_decompress(args: argparse.Namespace) -> None:
     if not args.checkpoint and header.model.name not in model_config_names():
         raise OneDCError(f"{args.input} was written by {header.model.describe()}: pass its --checkpoint")
     net = _load_model(None if args.checkpoint else header.model.name, args.checkpoint, _device(args.device))
-    rec = net.decompress(data)
-    tensors = {"y_hat": rec.y_hat.cpu().contiguous(), "c": rec.c.cpu().contiguous()}
-    meta = {"height": str(rec.height), "width": str(rec.width), "model": rec.model.describe()}
-    _write_atomically(output, lambda p: save_file(tensors, p, metadata=meta))
-    print(f"{output}: y_hat {tuple(rec.y_hat.shape)}, c {tuple(rec.c.shape)} for a {rec.width}x{rec.height} image")
+    rec = net.decode_latents(data)
+    if latents_only:
+        from safetensors.torch import save_file
 
+        tensors = {"y_hat": rec.y_hat.cpu().contiguous(), "c": rec.c.cpu().contiguous()}
+        meta = {"height": str(rec.height), "width": str(rec.width), "model": rec.model.describe()}
+        _write_atomically(output, lambda p: save_file(tensors, p, metadata=meta))
+        print(f"{output}: y_hat {tuple(rec.y_hat.shape)}, c {tuple(rec.c.shape)} for a {rec.width}x{rec.height} image")
+        return
+    from .image_io import save_image
 
-def parameter_table(model_name: str) -> list[tuple[str, int]]:
-    """(component, parameter count) rows of a model config, built on the meta device."""
-    import torch
-
-    from .config import load_model_config
-    from .model import OneDC
-
-    with torch.device("meta"):
-        net = OneDC(load_model_config(model_name))
-
-    def count(module) -> int:
-        return sum(p.numel() for p in module.parameters())
-
-    codec, vae = net.codec, net.vae
-    return [
-        ("g_a (analysis)", count(codec.g_a)),
-        ("h_enc (hyper-encoder)", count(codec.h_enc)),
-        ("hyper-decoder (stem + h_ctx trunk)", count(codec.h_dec)),
-        ("context model", count(codec.context)),
-        ("h_sem (semantic decoder)", count(codec.h_sem)),
-        ("g_s (synthesis)", count(codec.g_s)),
-        ("codec total", count(codec)),
-        ("SD VAE encoder (frozen)", count(vae.encoder) + count(vae.quant_conv)),
-        ("SD VAE decoder (frozen)", count(vae.decoder) + count(vae.post_quant_conv)),
-        ("SD VAE total (frozen)", count(vae)),
-    ]
+    image = net.render(rec)
+    _write_atomically(output, lambda p: save_image(image, p, format=image_format))
+    print(f"{output}: {rec.width}x{rec.height} image decoded from {len(data)} bytes ({rec.model.describe()})")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    rows = parameter_table(args.model)
+    from .config import load_model_config
+    from .model import parameter_table
+
+    rows = parameter_table(load_model_config(args.model))
     width = max(len(name) for name, _ in rows)
     print(f"model {args.model}: parameters")
     for name, n in rows:
@@ -149,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decompress", help="decode a .onedc file")
     p.add_argument("input", help="a file written by `onedc compress`")
-    p.add_argument("output", help="output .safetensors (y_hat and c)")
+    p.add_argument("output", help="decoded image (.png, ...), or .safetensors for the latents y_hat and c")
     p.add_argument("--checkpoint", help="checkpoint folder of the model that wrote the file")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=cmd_decompress)

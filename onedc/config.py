@@ -116,6 +116,47 @@ class CodecConfig:
 
 
 @dataclass
+class GeneratorUNetConfig:
+    """diffusers UNet2DConditionModel arguments (SD1.5 at full size)."""
+
+    sample_size: int = MISSING
+    in_channels: int = MISSING
+    out_channels: int = MISSING
+    block_out_channels: list[int] = MISSING
+    down_block_types: list[str] = MISSING
+    up_block_types: list[str] = MISSING
+    layers_per_block: int = MISSING
+    attention_head_dim: int = MISSING
+    cross_attention_dim: int = MISSING
+    norm_num_groups: int = MISSING
+
+
+@dataclass
+class LoraSettings:
+    rank: int = MISSING
+    alpha: float = MISSING
+    target_modules: list[str] = MISSING
+
+
+@dataclass
+class NoiseScheduleConfig:
+    num_train_timesteps: int = MISSING
+    beta_start: float = MISSING
+    beta_end: float = MISSING
+    beta_schedule: str = MISSING
+
+
+@dataclass
+class GeneratorConfig:
+    unet: GeneratorUNetConfig = field(default_factory=GeneratorUNetConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    timestep: int = MISSING
+    noise_schedule: NoiseScheduleConfig = field(default_factory=NoiseScheduleConfig)
+    reduction_groups: int = MISSING
+    reduction_eps: float = MISSING
+
+
+@dataclass
 class VAEConfig:
     block_out_channels: list[int] = MISSING
     down_block_types: list[str] = MISSING
@@ -125,6 +166,7 @@ class VAEConfig:
     norm_num_groups: int = MISSING
     sample_size: int = MISSING
     scaling_factor: float = MISSING
+    attention_window: int = MISSING
 
 
 @dataclass
@@ -134,6 +176,7 @@ class ModelConfig:
     image_multiple: int = MISSING
     blocks: BlockConfig = field(default_factory=BlockConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,3 +304,16 @@ def validate(cfg: ModelConfig) -> None:
     )
     _require(v.latent_channels == a.latent_channels, "vae.latent_channels must equal codec.analysis.latent_channels")
     _require(2 ** (len(v.block_out_channels) - 1) == a.patch_size, "the VAE must downsample by codec.analysis.patch_size (8)")
+    _require(v.attention_window > 0, "vae.attention_window must be positive")
+    g, gu = cfg.generator, cfg.generator.unet
+    _require(
+        gu.cross_attention_dim == c.semantic.channels,
+        f"generator.unet.cross_attention_dim ({gu.cross_attention_dim}) must equal codec.semantic.channels ({c.semantic.channels}): c replaces the text tokens",
+    )
+    _require(gu.out_channels == v.latent_channels, "generator.unet.out_channels must equal vae.latent_channels")
+    _require(
+        c.synthesis.out_channels % g.reduction_groups == 0,
+        f"codec.synthesis.out_channels ({c.synthesis.out_channels}) must be divisible by generator.reduction_groups",
+    )
+    _require(0 <= g.timestep < g.noise_schedule.num_train_timesteps, "generator.timestep must lie in [0, num_train_timesteps)")
+    _require(g.lora.rank > 0 and g.lora.alpha > 0, "generator.lora: rank and alpha must be positive")

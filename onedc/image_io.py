@@ -73,3 +73,14 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, list[str]]:
         notes.append(f"{mode} image converted to RGB")
         im = im.convert("RGB")
     return np.asarray(im), notes
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8, rounded to nearest."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def save_image(x: torch.Tensor, path: str | Path, format: str | None = None) -> None:
+    """Write (3, H, W) in [-1, 1] as an 8-bit image; the format follows the suffix (PNG, ...)
+    unless given."""
+    Image.fromarray(to_uint8(x)).save(path, format=format)

@@ -1,12 +1,16 @@
-"""OneDC at the image level: the frozen SD VAE encoder and the latent codec, image -> bytes ->
-latent reconstruction, and checkpoint folders. The one-step generator joins in the
-generator issue, after which `decompress` returns pixels.
+"""OneDC end to end: SD VAE encoder -> latent codec -> file -> latent codec -> one-step
+generator -> SD VAE decoder, and checkpoint folders.
+
+x (B, 3, H, W) in [-1, 1] (H, W multiples of 64 in `forward`; any size in `compress`)
+  x_lat = VAE.encode(x);  codec(x, x_lat) -> y_hat, c, y_in = g_s(y_hat, c), rates
+  y_out = generator(y_in, tokens(c));  x_hat = VAE.decode(y_out)
 
 Checkpoint folder (written atomically by `save_pretrained`):
-    model.safetensors   trainable weights (the latent codec), keys as in OneDC.state_dict()
+    model.safetensors   trainable weights (latent codec, LoRA, new conv_in, vae_reduction),
+                        keys as in OneDC.state_dict()
     onedc.json          {"format", "format_version", "model_config", "lmbda", "weights_digest"}
-Frozen parts (the VAE) are not stored: they come from their own source (the seeded
-initialisation of an untrained config here; the SD2.1 VAE once external weights load).
+Frozen parts (the U-Net base and the VAE) are not stored: they come from their own source
+(the seeded initialisation of an untrained config; the DMD2 U-Net and SD2.1 VAE at full size).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from .bitstream import DIGEST_BYTES, MAX_SIDE, Header, ModelIdentity
 from .codec import LatentCodec
 from .config import ModelConfig, model_config_from_dict
 from .errors import BitstreamError, CheckpointError, ConfigError, ImageError
-from .generator.vae import build_vae, encode_latent
+from .codec.semantic import tokens
+from .generator.one_step_unet import OneStepGenerator, is_trainable
+from .generator.vae import build_vae, decode_latent, encode_latent
 
 CHECKPOINT_FORMAT = "onedc-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -64,6 +70,7 @@ class OneDC(nn.Module):
         self.lmbda = lmbda
         self.vae = build_vae(config.vae)
         self.codec = LatentCodec(config.codec, config.blocks)
+        self.generator = OneStepGenerator(config.generator, config.codec.synthesis.out_channels)
         self._digest: tuple[tuple, bytes] | None = None
 
     # ----------------------------------------------------------------- construction
@@ -107,7 +114,10 @@ class OneDC(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a checkpoint stores (those not frozen), keys as in `state_dict()`."""
-        return {f"codec.{k}": v for k, v in self.codec.state_dict().items()}
+        return {
+            **{f"codec.{k}": v for k, v in self.codec.state_dict().items()},
+            **{f"generator.{k}": v for k, v in self.generator.trainable_state_dict().items()},
+        }
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Strict: every trainable key must be present with its shape, nothing else."""
@@ -120,7 +130,8 @@ class OneDC(nn.Module):
                      f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
                      f"{len(wrong)} with wrong shapes (e.g. {wrong[:3]})" if wrong else ""]
             raise CheckpointError(f"{source} does not fit model {self.config.name}: " + "; ".join(p for p in parts if p))
-        self.codec.load_state_dict({k[len("codec.") :]: v for k, v in state.items()})
+        # strict=False: the frozen weights are absent by design; the key check above is strict.
+        self.load_state_dict(state, strict=False)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write a checkpoint folder atomically: into a temporary folder, then renamed."""
@@ -158,12 +169,14 @@ class OneDC(nn.Module):
         return next(self.codec.parameters()).device
 
     def weights_digest(self) -> bytes:
-        """First DIGEST_BYTES of SHA-256 over the latent codec's tensors (key, dtype, shape,
-        bytes), cached until `codec.weights_fingerprint()` changes."""
-        fingerprint = self.codec.weights_fingerprint()
+        """First DIGEST_BYTES of SHA-256 over the trainable tensors (key, dtype, shape, bytes),
+        i.e. over what a checkpoint stores. Cached until a tensor is replaced or modified in
+        place (version counters; writes through `.data` bypass them)."""
+        generator = (p for n, p in self.generator.named_parameters() if is_trainable(n))
+        fingerprint = self.codec.weights_fingerprint() + tuple((p.data_ptr(), p._version) for p in generator)
         if self._digest is None or self._digest[0] != fingerprint:
             h = hashlib.sha256()
-            for key, t in self.codec.state_dict().items():
+            for key, t in self.trainable_state_dict().items():
                 t = t.detach().cpu().contiguous()
                 h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
                 h.update(t.view(-1).view(torch.uint8).numpy())
@@ -174,16 +187,29 @@ class OneDC(nn.Module):
     def identity(self) -> ModelIdentity:
         return ModelIdentity(self.config.name, self.lmbda, self.weights_digest())
 
-    # ----------------------------------------------------------------- coding
+    # ----------------------------------------------------------------- passes
     @torch.no_grad()
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
         """SD VAE latent of x (B, 3, H, W) in [-1, 1]: (B, 4, H/8, W/8), posterior mode."""
         return encode_latent(self.vae, x)
 
+    def generate(self, y_in: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """One-step generator and VAE decoder: y_in (B, Cin, H/8, W/8) and c (B, Cc, H/64, W/64)
+        -> x_hat (B, 3, H, W), unclamped."""
+        return decode_latent(self.vae, self.generator(y_in, tokens(c)))
+
+    def forward(self, x: torch.Tensor) -> dict:
+        """Training / evaluation pass on x (B, 3, H, W) in [-1, 1], H and W multiples of 64:
+        the codec's outputs (y, y_hat, c, likelihoods, bits, ...) plus x_hat (B, 3, H, W)."""
+        out = self.codec(x, self.encode_latent(x))
+        out["x_hat"] = self.generate(out["y_in"], out["c"])
+        return out
+
+    # ----------------------------------------------------------------- coding
     @torch.no_grad()
     def encode(self, image: torch.Tensor) -> tuple[bytes, LatentReconstruction]:
         """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> (the bytes of a onedc file, the
-        reconstruction `decompress` will produce from them)."""
+        latent reconstruction the decoder will produce from them)."""
         x = _check_image(image).to(self.device)
         height, width = x.shape[-2:]
         if height > MAX_SIDE or width > MAX_SIDE:
@@ -199,7 +225,7 @@ class OneDC(nn.Module):
         return self.encode(image)[0]
 
     @torch.no_grad()
-    def decompress(self, data: bytes) -> LatentReconstruction:
+    def decode_latents(self, data: bytes) -> LatentReconstruction:
         """The bytes of a onedc file -> its latent reconstruction. BitstreamError if the file
         is corrupt or was written by another model."""
         header, y_stream, z_stream = bitstream.read(data)
@@ -212,6 +238,47 @@ class OneDC(nn.Module):
         shape = (math.ceil(header.height / m), math.ceil(header.width / m))
         out = self.codec.decompress({"y": [y_stream], "z": [z_stream]}, shape)
         return LatentReconstruction(out["y_hat"], out["c"], header.height, header.width, header.model)
+
+    @torch.no_grad()
+    def render(self, rec: LatentReconstruction) -> torch.Tensor:
+        """Latent reconstruction -> image (3, H, W) in [-1, 1] at the original size."""
+        x_hat = self.generate(self.codec.g_s(rec.y_hat, rec.c), rec.c)
+        return x_hat[0, :, : rec.height, : rec.width].clamp(-1, 1)
+
+    def decompress(self, data: bytes) -> torch.Tensor:
+        """The bytes of a onedc file -> the decoded image (3, H, W) in [-1, 1]."""
+        return self.render(self.decode_latents(data))
+
+
+def parameter_table(config: ModelConfig) -> list[tuple[str, int]]:
+    """(component, parameter count) rows of a model config, built on the meta device."""
+    with torch.device("meta"):
+        net = OneDC(config)
+
+    def count(module: nn.Module, keep=lambda name: True) -> int:
+        return sum(p.numel() for name, p in module.named_parameters() if keep(name))
+
+    codec, generator, vae = net.codec, net.generator, net.vae
+    lora = count(generator.unet, lambda n: ".lora_" in n)
+    conv_in = count(generator.unet.conv_in)
+    return [
+        ("g_a (analysis)", count(codec.g_a)),
+        ("h_enc (hyper-encoder)", count(codec.h_enc)),
+        ("hyper-decoder (stem + h_ctx trunk)", count(codec.h_dec)),
+        ("context model", count(codec.context)),
+        ("h_sem (semantic decoder)", count(codec.h_sem)),
+        ("g_s (synthesis)", count(codec.g_s)),
+        ("codec total", count(codec)),
+        ("U-Net base (frozen, without SD1.5's conv_in)", count(generator.unet) - lora - conv_in),
+        (f"LoRA (rank {config.generator.lora.rank})", lora),
+        ("new conv_in", conv_in),
+        ("vae_reduction", count(generator.vae_reduction)),
+        ("generator trainable (LoRA + conv_in + vae_reduction)", lora + conv_in + count(generator.vae_reduction)),
+        ("SD VAE encoder (frozen)", count(vae.encoder) + count(vae.quant_conv)),
+        ("SD VAE decoder (frozen)", count(vae.decoder) + count(vae.post_quant_conv)),
+        ("SD VAE total (frozen)", count(vae)),
+        ("total for inference", count(net)),
+    ]
 
 
 def _check_image(image: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,9 @@ def test_save_and_load_round_trip(fitted_model, tmp_path):
     fitted_model.save_pretrained(tmp_path / "ckpt")
     loaded = OneDC.from_pretrained(tmp_path / "ckpt")
     assert loaded.identity == fitted_model.identity and loaded.lmbda == 4.6
-    for key, value in fitted_model.trainable_state_dict().items():
-        assert torch.equal(loaded.trainable_state_dict()[key], value)
+    saved, restored = fitted_model.trainable_state_dict(), loaded.trainable_state_dict()
+    assert saved.keys() == restored.keys()
+    assert all(torch.equal(restored[key], value) for key, value in saved.items())
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["model.safetensors", "onedc.json"]
 
 

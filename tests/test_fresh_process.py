@@ -40,9 +40,9 @@ def test_a_file_encoded_on_the_cpu_decodes_identically_on_the_gpu(fitted_model, 
     gpu_model = copy.deepcopy(fitted_model).to("cuda")
     try:
         assert gpu_model.identity == fitted_model.identity
-        assert torch.equal(gpu_model.decompress(data).y_hat.cpu(), expected.y_hat)
+        assert torch.equal(gpu_model.decode_latents(data).y_hat.cpu(), expected.y_hat)
         # and the other way round: encoded on the GPU, decoded on the CPU
         data_gpu, expected_gpu = gpu_model.encode(photos["rocket"].cuda())
-        assert torch.equal(fitted_model.decompress(data_gpu).y_hat, expected_gpu.y_hat.cpu())
+        assert torch.equal(fitted_model.decode_latents(data_gpu).y_hat, expected_gpu.y_hat.cpu())
     finally:
         del gpu_model

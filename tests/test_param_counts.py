@@ -5,10 +5,12 @@ from pathlib import Path
 
 import torch
 
-from onedc.cli import main, parameter_table
+from onedc import OneDC
+from onedc.cli import main
 from onedc.codec import LatentCodec
-from onedc.codec.official import official_codec_key
+from onedc.codec.official import official_key
 from onedc.config import load_model_config
+from onedc.model import parameter_table
 
 SPEC_COUNTS = {
     "g_a (analysis)": 299_130_112,
@@ -18,14 +20,29 @@ SPEC_COUNTS = {
     "h_sem (semantic decoder)": 39_185_792,
     "g_s (synthesis)": 35_878_976,
     "codec total": 394_147_783,
+    "U-Net base (frozen, without SD1.5's conv_in)": 859_509_124,
+    "LoRA (rank 64)": 67_252_224,
+    "new conv_in": 921_920,
+    "vae_reduction": 936_008,
+    "generator trainable (LoRA + conv_in + vae_reduction)": 69_110_152,
     "SD VAE encoder (frozen)": 34_163_664,
     "SD VAE decoder (frozen)": 49_490_199,
     "SD VAE total (frozen)": 83_653_863,
+    "total for inference": 1_406_420_922,
 }
 
 
 def test_full_size_parameter_counts_match_the_spec_exactly():
-    assert dict(parameter_table("onedc_sd15")) == SPEC_COUNTS
+    assert dict(parameter_table(load_model_config("onedc_sd15"))) == SPEC_COUNTS
+
+
+def test_lora_wraps_the_spec_layers():
+    with torch.device("meta"):
+        unet = OneDC(load_model_config("onedc_sd15")).generator.unet
+    names = [n for n, _ in unet.named_parameters()]
+    assert len([n for n in names if ".lora_A." in n]) == 278
+    assert sum(p.numel() for n, p in unet.named_parameters() if ".lora_A." in n) == 47_058_944
+    assert not any(n.startswith(("conv_in.", "conv_out.", "time_embedding.")) and "lora" in n for n in names)
 
 
 def test_context_model_parts_match_the_spec():
@@ -45,11 +62,15 @@ def test_info_command_prints_the_counts(capsys):
     assert "394,147,783" in out and "299,130,112" in out and "83,653,863" in out
 
 
-def test_every_official_codec_key_maps_onto_ours_with_its_shape():
-    manifest = json.loads((Path(__file__).parent / "data" / "official_codec_keys.json").read_text())["keys"]
-    cfg = load_model_config("onedc_sd15")
+def test_every_official_key_maps_onto_ours_with_its_shape():
+    """The released codec and generator files and the SD2.1 VAE cover our full-size state dict
+    exactly, through prefix renames."""
+    manifest = json.loads((Path(__file__).parent / "data" / "official_keys.json").read_text())["files"]
     with torch.device("meta"):
-        ours = {k: list(v.shape) for k, v in LatentCodec(cfg.codec, cfg.blocks).state_dict().items()}
-    mapped = {official_codec_key(k): shape for k, shape in manifest.items()}
-    assert len(mapped) == len(manifest) == 779
+        ours = {k: list(v.shape) for k, v in OneDC(load_model_config("onedc_sd15")).state_dict().items()}
+    mapped = {}
+    for file, keys in manifest.items():
+        for key, shape in keys.items():
+            mapped[official_key(file, key)] = shape
+    assert sum(len(k) for k in manifest.values()) == len(mapped) == 779 + 1252 + 248
     assert mapped == ours
