@@ -170,6 +170,41 @@ class VAEConfig:
 
 
 @dataclass
+class PredictorConfig:
+    """The Swin code predictor P_aux (SPEC.md 3.9); its width is codec.semantic.channels."""
+
+    blocks: int = MISSING
+    heads: int = MISSING
+    head_dim: int = MISSING
+    window: int = MISSING
+    mlp_ratio: int = MISSING
+    position_bias_blocks: int = MISSING
+    head_channels: int = MISSING
+    head_groups: int = MISSING
+
+
+@dataclass
+class TokenizerConfig:
+    """The MaskGIT VQGAN encoder and codebook (SPEC.md 5)."""
+
+    hidden_channels: int = MISSING
+    channel_mult: list[int] = MISSING
+    res_blocks: int = MISSING
+    z_channels: int = MISSING
+    codebook_size: int = MISSING
+    norm_groups: int = MISSING
+    norm_eps: float = MISSING
+    input_downsample: int = MISSING
+
+
+@dataclass
+class DistillationConfig:
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    mse_weight: float = MISSING
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     seed: int = MISSING
@@ -178,6 +213,7 @@ class ModelConfig:
     codec: CodecConfig = field(default_factory=CodecConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,3 +353,18 @@ def validate(cfg: ModelConfig) -> None:
     )
     _require(0 <= g.timestep < g.noise_schedule.num_train_timesteps, "generator.timestep must lie in [0, num_train_timesteps)")
     _require(g.lora.rank > 0 and g.lora.alpha > 0, "generator.lora: rank and alpha must be positive")
+    p, t = cfg.distillation.predictor, cfg.distillation.tokenizer
+    _require(
+        p.heads * p.head_dim == c.semantic.channels,
+        f"distillation.predictor: heads x head_dim ({p.heads * p.head_dim}) must equal codec.semantic.channels ({c.semantic.channels})",
+    )
+    _require(p.window % 2 == 0 and p.window > 0, "distillation.predictor.window must be positive and even (shift = window / 2)")
+    _require(0 <= p.position_bias_blocks <= p.blocks, "distillation.predictor.position_bias_blocks must be in [0, blocks]")
+    _require(p.head_channels % p.head_groups == 0 and c.semantic.channels % p.head_groups == 0, "distillation.predictor.head_groups must divide the head widths")
+    # tokens sit at 1/32: the predictor upsamples c (1/64) by 2, the tokenizer sees the image
+    # downsampled by input_downsample and reduces it by 2^(levels - 1)
+    _require(
+        t.input_downsample * 2 ** (len(t.channel_mult) - 1) == 32,
+        "distillation.tokenizer: input_downsample x 2^(len(channel_mult) - 1) must be 32 to match the code predictor's 1/32 grid",
+    )
+    _require(all(t.hidden_channels * m % t.norm_groups == 0 for m in t.channel_mult), "distillation.tokenizer: norm_groups must divide every width")

@@ -35,8 +35,10 @@ from .bitstream import DIGEST_BYTES, MAX_SIDE, Header, ModelIdentity
 from .codec import LatentCodec
 from .config import ModelConfig, model_config_from_dict
 from .errors import BitstreamError, CheckpointError, ConfigError, ImageError
+from .codec.code_predictor import CodePredictor
 from .codec.semantic import tokens
 from .generator.one_step_unet import OneStepGenerator, is_trainable
+from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
 
 CHECKPOINT_FORMAT = "onedc-checkpoint"
@@ -250,10 +252,22 @@ class OneDC(nn.Module):
         return self.render(self.decode_latents(data))
 
 
+def build_code_predictor(config: ModelConfig) -> CodePredictor:
+    """The Stage I code predictor on c (training only; not part of OneDC)."""
+    d = config.distillation
+    return CodePredictor(config.codec.semantic.channels, d.tokenizer.codebook_size, d.predictor, config.blocks)
+
+
+def build_tokenizer(config: ModelConfig) -> MaskGITTokenizer:
+    """The frozen MaskGIT tokenizer of Stage I (training only; not part of OneDC)."""
+    return MaskGITTokenizer(config.distillation.tokenizer, config.blocks)
+
+
 def parameter_table(config: ModelConfig) -> list[tuple[str, int]]:
     """(component, parameter count) rows of a model config, built on the meta device."""
     with torch.device("meta"):
         net = OneDC(config)
+        predictor, tokenizer = build_code_predictor(config), build_tokenizer(config)
 
     def count(module: nn.Module, keep=lambda name: True) -> int:
         return sum(p.numel() for name, p in module.named_parameters() if keep(name))
@@ -278,6 +292,8 @@ def parameter_table(config: ModelConfig) -> list[tuple[str, int]]:
         ("SD VAE decoder (frozen)", count(vae.decoder) + count(vae.post_quant_conv)),
         ("SD VAE total (frozen)", count(vae)),
         ("total for inference", count(net)),
+        ("code predictor (Stage I training only)", count(predictor)),
+        ("MaskGIT tokenizer encoder + codebook (frozen, training only)", count(tokenizer)),
     ]
 
 

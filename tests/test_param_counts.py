@@ -1,6 +1,7 @@
 """Full-size architecture against SPEC.md section 0.1 and the released key manifest."""
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ from onedc.cli import main
 from onedc.codec import LatentCodec
 from onedc.codec.official import official_key
 from onedc.config import load_model_config
-from onedc.model import parameter_table
+from onedc.model import build_code_predictor, build_tokenizer, parameter_table
 
 SPEC_COUNTS = {
     "g_a (analysis)": 299_130_112,
@@ -29,11 +30,34 @@ SPEC_COUNTS = {
     "SD VAE decoder (frozen)": 49_490_199,
     "SD VAE total (frozen)": 83_653_863,
     "total for inference": 1_406_420_922,
+    "code predictor (Stage I training only)": 59_922_176,  # the 6 fixed shift masks are computed, not stored
+    "MaskGIT tokenizer encoder + codebook (frozen, training only)": 23_775_104 + 262_144,
 }
+MASKGIT_DECODER = 30_478_339  # in the public .bin, never built: 54,515,587 in all
 
 
 def test_full_size_parameter_counts_match_the_spec_exactly():
     assert dict(parameter_table(load_model_config("onedc_sd15"))) == SPEC_COUNTS
+
+
+def test_the_tokenizer_file_holds_our_encoder_and_codebook_plus_a_decoder():
+    manifest = json.loads((Path(__file__).parent / "data" / "official_keys.json").read_text())["files"]
+    with torch.device("meta"):
+        ours = {k: list(v.shape) for k, v in build_tokenizer(load_model_config("onedc_sd15")).state_dict().items()}
+    maskgit = manifest["maskgit_vqgan"]
+    assert {k: v for k, v in maskgit.items() if not k.startswith("decoder.")} == ours
+    assert sum(math.prod(v) for k, v in maskgit.items() if k.startswith("decoder.")) == MASKGIT_DECODER
+    assert SPEC_COUNTS["MaskGIT tokenizer encoder + codebook (frozen, training only)"] + MASKGIT_DECODER == 54_515_587
+
+
+def test_the_code_predictor_matches_the_released_keys():
+    manifest = json.loads((Path(__file__).parent / "data" / "official_keys.json").read_text())["files"]
+    with torch.device("meta"):
+        ours = {k: list(v.shape) for k, v in build_code_predictor(load_model_config("onedc_sd15")).state_dict().items()}
+    released = manifest["code_predictor"]
+    masks = {k for k in released if k.endswith(("left_right_mask", "upper_lower_mask"))}
+    assert len(masks) == 6 and sum(math.prod(released[k]) for k in masks) == 60_315_392 - 59_922_176
+    assert {k: v for k, v in released.items() if k not in masks} == ours
 
 
 def test_lora_wraps_the_spec_layers():
@@ -69,8 +93,9 @@ def test_every_official_key_maps_onto_ours_with_its_shape():
     with torch.device("meta"):
         ours = {k: list(v.shape) for k, v in OneDC(load_model_config("onedc_sd15")).state_dict().items()}
     mapped = {}
-    for file, keys in manifest.items():
+    for file in ("model_1.safetensors", "model.safetensors", "sd21_vae"):
+        keys = manifest[file]
         for key, shape in keys.items():
             mapped[official_key(file, key)] = shape
-    assert sum(len(k) for k in manifest.values()) == len(mapped) == 779 + 1252 + 248
+    assert len(mapped) == 779 + 1252 + 248
     assert mapped == ours
