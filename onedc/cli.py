@@ -26,12 +26,13 @@ def _warn(message: str) -> None:
     print(f"onedc: warning: {message}", file=sys.stderr)
 
 
-def _load_model(model: str | None, checkpoint: str | None, device: str):
+def _load_model(model: str | None, checkpoint: str | None, device: str, weight_overrides: list[str] | None = None):
     from .config import load_model_config
     from .model import OneDC
+    from .weights import load_weight_paths
 
     if checkpoint:
-        net = OneDC.from_pretrained(checkpoint)
+        net = OneDC.from_pretrained(checkpoint, load_weight_paths(weight_overrides))
         if model and model != net.config.name:
             _warn(f"--model {model} ignored: the checkpoint holds {net.config.name}")
     else:
@@ -63,7 +64,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
     x, notes = load_image(args.input)
     for note in notes:
         print(f"onedc: note: {args.input}: {note}", file=sys.stderr)
-    net = _load_model(args.model, args.checkpoint, _device(args.device))
+    net = _load_model(args.model, args.checkpoint, _device(args.device), args.weights)
     data = net.compress(x)
     output = Path(args.output)
     _write_atomically(output, lambda p: p.write_bytes(data))
@@ -89,7 +90,7 @@ def cmd_decompress(args: argparse.Namespace) -> None:
     header, _, _ = bitstream.read(data)
     if not args.checkpoint and header.model.name not in model_config_names():
         raise OneDCError(f"{args.input} was written by {header.model.describe()}: pass its --checkpoint")
-    net = _load_model(None if args.checkpoint else header.model.name, args.checkpoint, _device(args.device))
+    net = _load_model(None if args.checkpoint else header.model.name, args.checkpoint, _device(args.device), args.weights)
     rec = net.decode_latents(data)
     if latents_only:
         from safetensors.torch import save_file
@@ -117,6 +118,40 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"  {name:<{width}}  {n:>13,}")
 
 
+def cmd_weights_check(args: argparse.Namespace) -> int:
+    from .weights import EXTERNAL_WEIGHTS, load_weight_paths, locate, missing_message
+
+    paths = load_weight_paths(args.path)
+    names = args.names or list(EXTERNAL_WEIGHTS)
+    unknown = [n for n in names if n not in EXTERNAL_WEIGHTS]
+    if unknown:
+        raise OneDCError(f"unknown weights {', '.join(unknown)}; known: {', '.join(EXTERNAL_WEIGHTS)}")
+    width = max(len(n) for n in names)
+    missing = 0
+    print(f"{'name':<{width}}  status   details")
+    for name in names:
+        found, searched = locate(name, paths)
+        if found:
+            print(f"{name:<{width}}  found    {found}")
+        else:
+            missing += 1
+            weight = EXTERNAL_WEIGHTS[name]
+            print(f"{name:<{width}}  missing  {weight.description}")
+            print(f"{'':<{width}}           looked in: {'; '.join(searched)}")
+            print(f"{'':<{width}}           get it:    {weight.how_to_get(name)}")
+    print(f"{len(names) - missing} of {len(names)} found")
+    return 1 if missing else 0
+
+
+def cmd_weights_download(args: argparse.Namespace) -> None:
+    from .weights import EXTERNAL_WEIGHTS, download
+
+    for name in args.names:
+        if name not in EXTERNAL_WEIGHTS:
+            raise OneDCError(f"unknown weights {name}; known: {', '.join(EXTERNAL_WEIGHTS)}")
+        print(f"{name}: {download(name)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onedc", description="OneDC image codec")
     parser.add_argument("--version", action="version", version=f"onedc {__version__}")
@@ -128,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help=f"model config name or YAML file (default without checkpoint: {_TINY_DEFAULT})")
     p.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + onedc.json)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--weights", action="append", metavar="NAME=PATH", help="local path of an external weight (repeatable)")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="decode a .onedc file")
@@ -135,22 +171,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="decoded image (.png, ...), or .safetensors for the latents y_hat and c")
     p.add_argument("--checkpoint", help="checkpoint folder of the model that wrote the file")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--weights", action="append", metavar="NAME=PATH", help="local path of an external weight (repeatable)")
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("info", help="print the parameter counts of a model config")
     p.add_argument("--model", default="onedc_sd15", help="model config name or YAML file (default: onedc_sd15)")
     p.set_defaults(func=cmd_info)
+
+    weights = sub.add_parser("weights", help="external weights: check where they are, download them")
+    wsub = weights.add_subparsers(dest="weights_command", required=True)
+    p = wsub.add_parser("check", help="list every external weight: found where, or how to get it (exit 1 if any is missing)")
+    p.add_argument("names", nargs="*", help="weights to check (default: all)")
+    p.add_argument("--path", action="append", metavar="NAME=PATH", help="local path of a weight (repeatable)")
+    p.set_defaults(func=cmd_weights_check)
+    p = wsub.add_parser("download", help="download weights into the HF cache / TORCH_HOME (not with HF_HUB_OFFLINE)")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(func=cmd_weights_download)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except OneDCError as e:
         print(f"onedc: error: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -205,6 +205,16 @@ class DistillationConfig:
 
 
 @dataclass
+class ExternalConfig:
+    """Names of the external weights (see `onedc weights check`) of the frozen parts; null
+    keeps the seeded initialisation (tiny configs)."""
+
+    unet: Optional[str] = None
+    vae: Optional[str] = None
+    tokenizer: Optional[str] = None
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     seed: int = MISSING
@@ -214,6 +224,7 @@ class ModelConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    external: ExternalConfig = field(default_factory=ExternalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

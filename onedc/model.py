@@ -83,9 +83,24 @@ class OneDC(nn.Module):
             torch.manual_seed(config.seed)
             return cls(config)
 
+    def load_external_weights(self, weight_paths: dict[str, str | None] | None = None) -> None:
+        """Load the frozen U-Net base and VAE named in `config.external` (see weights.py);
+        entries that are null keep their seeded initialisation. WeightsError if one is missing."""
+        from . import weights
+
+        ext = self.config.external
+        targets = {"unet": (ext.unet, weights.load_unet_base, self.generator.unet), "vae": (ext.vae, weights.load_vae, self.vae)}
+        for key, (name, load, module) in targets.items():
+            if name is None:
+                continue
+            if name not in weights.EXTERNAL_WEIGHTS:
+                raise ConfigError(f"external.{key}: unknown weights {name!r}; known: {', '.join(weights.EXTERNAL_WEIGHTS)}")
+            load(module, weights.require(name, weight_paths))
+
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "OneDC":
-        """Load a checkpoint folder written by `save_pretrained`."""
+    def from_pretrained(cls, path: str | Path, weight_paths: dict[str, str | None] | None = None) -> "OneDC":
+        """Load a checkpoint folder written by `save_pretrained`, and the external weights of
+        its frozen parts (located through `weight_paths`, the HF cache and TORCH_HOME)."""
         path = Path(path)
         meta_path, weights_path = path / METADATA_FILE, path / WEIGHTS_FILE
         if not path.is_dir():
@@ -112,6 +127,7 @@ class OneDC(nn.Module):
         model.load_trainable_state_dict(state, source=str(weights_path))
         if model.weights_digest().hex() != meta.get("weights_digest"):
             raise CheckpointError(f"{weights_path} does not match the digest recorded in {meta_path.name} (corrupt or replaced file)")
+        model.load_external_weights(weight_paths)
         return model
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

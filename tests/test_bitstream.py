@@ -1,3 +1,4 @@
+import dataclasses
 import struct
 import zlib
 
@@ -47,7 +48,7 @@ def test_structural_errors_have_clear_messages(mangle, message):
 
 def test_model_mismatch_names_both_models(tiny_model, tiny_config, photos):
     data = tiny_model.compress(photos["chelsea"][:, :64, :64])
-    other = OneDC.untrained(tiny_config.__class__(**{**tiny_config.__dict__, "seed": 1}))
+    other = OneDC.untrained(dataclasses.replace(tiny_config, seed=1))
     with pytest.raises(BitstreamError, match=r"model mismatch: the file was written by onedc_tiny \(untrained, weights [0-9a-f]{8}\), this model is"):
         other.decompress(data)
 

@@ -1,0 +1,247 @@
+"""External weights: where each one is looked for, how to get it, and loading it into our
+modules with strict key checking.
+
+Each weight is found, in this order, at
+  1. a local path given in the weights config (`configs/weights/default.yaml`, or an override
+     such as `onedc weights check sd21_vae=/data/sd21-vae`),
+  2. the Hugging Face cache (HF_HOME / HF_HUB_CACHE; looked up without network access),
+  3. TORCH_HOME (`torch.hub.get_dir()/checkpoints`) for torchvision-style backbone files.
+A missing weight raises `WeightsError` with the places searched and the exact command or URL
+to get it, the same text `onedc weights check` prints. `onedc weights download` fetches them
+(refused when HF_HUB_OFFLINE is set).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, OneDCError
+
+DMD2_FILE = (
+    "model/sdv1.5/laion6.25_sd_baseline_8node_guidance1.75_lr5e-7_seed10_dfake10_diffusion1000_gan1e-3_"
+    "resume_fid8.35_checkpoint_model_041000/pytorch_model.bin"
+)
+DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+class WeightsError(OneDCError):
+    """An external weight is missing, unreadable or does not fit the module it is loaded into."""
+
+
+@dataclass(frozen=True)
+class ExternalWeight:
+    description: str
+    hf_repo: str | None = None
+    hf_file: str | None = None  # a single file in the repo
+    hf_folder: str | None = None  # a diffusers-layout folder (config.json + weights) in the repo
+    torch_hub_file: str | None = None
+    url: str | None = None
+
+    def how_to_get(self, name: str) -> str:
+        if self.hf_repo and self.hf_file:
+            return f"hf download {self.hf_repo} {self.hf_file}   (or: onedc weights download {name})"
+        if self.hf_repo:
+            return f'hf download {self.hf_repo} --include "{self.hf_folder}/*"   (or: onedc weights download {name})'
+        return f"{self.url} into {torch_hub_checkpoints()}/   (or: onedc weights download {name})"
+
+
+EXTERNAL_WEIGHTS: dict[str, ExternalWeight] = {
+    "dmd2_unet": ExternalWeight(
+        "DMD2 one-step SD1.5 U-Net (the generator's frozen base)", hf_repo="tianweiy/DMD2", hf_file=DMD2_FILE
+    ),
+    "sd15_unet": ExternalWeight(
+        "SD1.5 U-Net, diffusers layout (Stage II real and fake scores)",
+        hf_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        hf_folder="unet",
+    ),
+    "sd21_vae": ExternalWeight(
+        "SD2.1 VAE, diffusers layout (frozen encoder and decoder)", hf_repo="stabilityai/stable-diffusion-2-1", hf_folder="vae"
+    ),
+    "maskgit_tokenizer": ExternalWeight(
+        "MaskGIT VQGAN f16 tokenizer (Stage I distillation)",
+        hf_repo="fun-research/TiTok",
+        hf_file="maskgit-vqgan-imagenet-f16-256.bin",
+    ),
+    "lpips_alex": ExternalWeight(
+        "AlexNet backbone of LPIPS-Alex (evaluation)",
+        torch_hub_file="alexnet-owt-7be5be79.pth",
+        url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+    ),
+    "lpips_vgg": ExternalWeight(
+        "VGG16 backbone of LPIPS-VGG (training loss)",
+        torch_hub_file="vgg16-397923af.pth",
+        url="https://download.pytorch.org/models/vgg16-397923af.pth",
+    ),
+    "dists_vgg16": ExternalWeight(
+        "VGG16 backbone of DISTS (evaluation)",
+        torch_hub_file="vgg16-397923af.pth",
+        url="https://download.pytorch.org/models/vgg16-397923af.pth",
+    ),
+    "fid_inception": ExternalWeight(
+        "Inception-v3 of FID/KID (pytorch-fid weights)",
+        torch_hub_file="pt_inception-2015-12-05-6726825d.pth",
+        url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+    ),
+}
+
+
+def torch_hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def load_weight_paths(overrides: list[str] | None = None) -> dict[str, str | None]:
+    """Local paths from the weights config, with `name=path` overrides applied."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    paths = OmegaConf.to_container(OmegaConf.load(files("onedc.configs.weights") / "default.yaml"))
+    for item in overrides or []:
+        name, sep, value = item.partition("=")
+        if not sep or name not in EXTERNAL_WEIGHTS:
+            raise ConfigError(f"weights override must be NAME=PATH with NAME one of {', '.join(EXTERNAL_WEIGHTS)}; got {item!r}")
+        paths[name] = value or None
+    return paths
+
+
+def _valid(weight: ExternalWeight, path: Path) -> Path | None:
+    """The usable path at `path` (a file, or a diffusers folder or its repo root), or None."""
+    if weight.hf_folder:
+        for folder in (path, path / weight.hf_folder):
+            if (folder / "config.json").is_file() and any((folder / f).is_file() for f in DIFFUSERS_WEIGHT_FILES):
+                return folder
+        return None
+    return path if path.is_file() else None
+
+
+def locate(name: str, paths: dict[str, str | None] | None = None) -> tuple[Path | None, list[str]]:
+    """(path or None, the places searched, in order)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    weight = EXTERNAL_WEIGHTS[name]
+    searched: list[str] = []
+    local = (paths or {}).get(name)
+    if local:
+        searched.append(f"config path {local}")
+        found = _valid(weight, Path(local).expanduser())
+        if found:
+            return found, searched
+    if weight.hf_repo:
+        searched.append(f"HF cache {constants.HF_HUB_CACHE} ({weight.hf_repo})")
+        if weight.hf_file:
+            cached = try_to_load_from_cache(weight.hf_repo, weight.hf_file)
+            if isinstance(cached, str):
+                return Path(cached), searched
+        else:
+            config = try_to_load_from_cache(weight.hf_repo, f"{weight.hf_folder}/config.json")
+            if isinstance(config, str) and _valid(weight, Path(config).parent):
+                return Path(config).parent, searched
+    if weight.torch_hub_file:
+        candidate = torch_hub_checkpoints() / weight.torch_hub_file
+        searched.append(f"TORCH_HOME {candidate}")
+        if candidate.is_file():
+            return candidate, searched
+    return None, searched
+
+
+def missing_message(name: str, searched: list[str]) -> str:
+    weight = EXTERNAL_WEIGHTS[name]
+    return f"missing external weights '{name}' ({weight.description}); looked in: {'; '.join(searched)}; get it: {weight.how_to_get(name)}"
+
+
+def require(name: str, paths: dict[str, str | None] | None = None) -> Path:
+    """The path of weight `name`, or WeightsError saying where it was looked for and how to get it."""
+    found, searched = locate(name, paths)
+    if found is None:
+        raise WeightsError(missing_message(name, searched))
+    return found
+
+
+def download(name: str) -> Path:
+    """Fetch weight `name` into the HF cache or TORCH_HOME; refused when HF_HUB_OFFLINE is set."""
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
+
+    weight = EXTERNAL_WEIGHTS[name]
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise WeightsError(f"HF_HUB_OFFLINE is set: not downloading '{name}'; get it on a connected machine: {weight.how_to_get(name)}")
+    try:
+        if weight.hf_repo and weight.hf_file:
+            return Path(hf_hub_download(weight.hf_repo, weight.hf_file))
+        if weight.hf_repo:
+            root = snapshot_download(weight.hf_repo, allow_patterns=[f"{weight.hf_folder}/config.json", f"{weight.hf_folder}/{DIFFUSERS_WEIGHT_FILES[0]}"])
+            return Path(root) / weight.hf_folder
+        target = torch_hub_checkpoints() / weight.torch_hub_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(weight.url, str(target))
+        return target
+    except OSError as e:  # network errors, HTTP errors (huggingface_hub raises OSError subclasses)
+        raise WeightsError(f"downloading '{name}' failed: {e}; get it by hand: {weight.how_to_get(name)}") from e
+
+
+# ----------------------------------------------------------------------------------- loading
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors or torch pickle state dict (tensors only, `weights_only`), with any
+    leading `module.` prefix removed. A diffusers folder reads its weights file."""
+    if path.is_dir():
+        path = next((path / f for f in DIFFUSERS_WEIGHT_FILES if (path / f).is_file()), path / DIFFUSERS_WEIGHT_FILES[0])
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unreadable, truncated or not a state dict: one clear message
+        raise WeightsError(f"cannot read weights {path}: {e}") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def check_keys(expected: dict[str, torch.Size], state: dict[str, torch.Tensor], source: str, what: str) -> None:
+    """Strict check: every expected key present with its shape, nothing else in `state`."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k] != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
+                 f"{len(wrong)} with other shapes (e.g. {wrong[:3]})" if wrong else ""]
+        raise WeightsError(f"{source} does not fit the {what}: " + "; ".join(p for p in parts if p))
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in state.items()}
+
+
+def load_unet_base(unet: nn.Module, path: Path) -> None:
+    """Plain UNet2DConditionModel weights (SD1.5 diffusers layout, or the DMD2 .bin) into the
+    frozen base of our LoRA-wrapped U-Net: `X.weight` -> `X.base_layer.weight` for wrapped
+    layers. LoRA and our new conv_in are not touched; SD1.5's own conv_in (4 -> 320) has no
+    counterpart (ours is a new 320 -> 320 conv fed by g_s) and is dropped."""
+    base = {k: v for k, v in unet.state_dict().items() if ".lora_" not in k and not k.startswith("conv_in.")}
+    rename = {k.replace(".base_layer.", "."): k for k in base}
+    state = {rename.get(k, k): v for k, v in read_state_dict(path).items() if not k.startswith("conv_in.")}
+    check_keys(_shapes(base), state, str(path), "U-Net base")
+    unet.load_state_dict(state, strict=False)
+
+
+def load_vae(vae: nn.Module, path: Path) -> None:
+    state = read_state_dict(path)
+    check_keys(_shapes(vae.state_dict()), state, str(path), "SD VAE")
+    vae.load_state_dict(state)
+
+
+def load_tokenizer(tokenizer: nn.Module, path: Path) -> None:
+    """The public MaskGIT file also holds the VQGAN decoder, which distillation never uses:
+    its `decoder.*` keys are skipped."""
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("decoder.")}
+    check_keys(_shapes(tokenizer.state_dict()), state, str(path), "MaskGIT tokenizer")
+    tokenizer.load_state_dict(state)

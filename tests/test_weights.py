@@ -1,0 +1,133 @@
+"""External weights: lookup (config path, HF cache, TORCH_HOME), friendly errors, and loading
+tiny stand-ins written exactly as the real files are (diffusers layout, DMD2 .bin, MaskGIT .bin)."""
+
+import dataclasses
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from omegaconf import OmegaConf
+from PIL import Image
+
+from onedc import OneDC
+from onedc.cli import main
+from onedc.config import model_config_from_dict
+from onedc.model import build_tokenizer
+from onedc.weights import WeightsError, load_tokenizer, load_unet_base, load_vae, locate, require
+
+
+def plain_unet(cfg):
+    """A plain (no LoRA, SD1.5-style conv_in) U-Net of the tiny generator's architecture."""
+    u = cfg.generator.unet
+    torch.manual_seed(1)
+    return UNet2DConditionModel(
+        sample_size=u.sample_size, in_channels=u.in_channels, out_channels=u.out_channels,
+        down_block_types=tuple(u.down_block_types), up_block_types=tuple(u.up_block_types),
+        block_out_channels=tuple(u.block_out_channels), layers_per_block=u.layers_per_block,
+        attention_head_dim=u.attention_head_dim, cross_attention_dim=u.cross_attention_dim, norm_num_groups=u.norm_num_groups,
+    )
+
+
+def with_external(cfg, **external):
+    raw = OmegaConf.structured(cfg)
+    for key, value in external.items():
+        OmegaConf.update(raw, f"external.{key}", value)
+    return model_config_from_dict(raw)
+
+
+def test_unet_in_diffusers_layout_loads_into_the_frozen_base(tiny_config, tmp_path):
+    source = plain_unet(tiny_config)
+    source.save_pretrained(tmp_path / "sd15" / "unet")  # as in the SD1.5 repo: <repo>/unet/
+    model = OneDC.untrained(tiny_config)
+    lora_before = {n: p.clone() for n, p in model.generator.unet.named_parameters() if ".lora_" in n or n.startswith("conv_in.")}
+    path = require("sd15_unet", {"sd15_unet": str(tmp_path / "sd15")})
+    assert path == tmp_path / "sd15" / "unet"
+    load_unet_base(model.generator.unet, path)
+    unet = model.generator.unet.state_dict()
+    plain = source.state_dict()
+    assert torch.equal(unet["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.base_layer.weight"], plain["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"])
+    assert torch.equal(unet["conv_norm_out.weight"], plain["conv_norm_out.weight"])
+    assert all(torch.equal(p, lora_before[n]) for n, p in model.generator.unet.named_parameters() if n in lora_before)
+
+
+def test_dmd2_style_bin_loads_through_the_model_and_misfits_are_clear(tiny_config, tmp_path):
+    source = plain_unet(tiny_config)
+    bin_path = tmp_path / "pytorch_model.bin"
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, bin_path)  # a DDP-style prefix is tolerated
+    model = OneDC.untrained(with_external(tiny_config, unet="dmd2_unet"))
+    model.load_external_weights({"dmd2_unet": str(bin_path)})
+    assert torch.equal(model.generator.unet.state_dict()["conv_out.weight"], source.state_dict()["conv_out.weight"])
+    broken = source.state_dict()
+    del broken["mid_block.resnets.0.conv1.weight"]
+    broken["conv_out.bias"] = torch.zeros(7)
+    torch.save(broken, bin_path)
+    with pytest.raises(WeightsError, match=r"does not fit the U-Net base: 1 missing .*1 with other shapes"):
+        model.load_external_weights({"dmd2_unet": str(bin_path)})
+
+
+def test_vae_and_tokenizer_files(tiny_config, tmp_path):
+    donor = OneDC.untrained(dataclasses.replace(tiny_config, seed=5))
+    donor.vae.save_pretrained(tmp_path / "vae")
+    model = OneDC.untrained(tiny_config)
+    load_vae(model.vae, require("sd21_vae", {"sd21_vae": str(tmp_path / "vae")}))
+    assert all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), donor.vae.state_dict().values()))
+
+    torch.manual_seed(3)
+    teacher = build_tokenizer(tiny_config)
+    maskgit = {**teacher.state_dict(), "decoder.conv_in.weight": torch.zeros(4, 4, 3, 3)}  # the public file holds a decoder too
+    torch.save(maskgit, tmp_path / "maskgit.bin")
+    tokenizer = build_tokenizer(tiny_config)
+    load_tokenizer(tokenizer, tmp_path / "maskgit.bin")
+    assert torch.equal(tokenizer.codebook, teacher.codebook)
+    del maskgit["quantize.embedding.weight"]
+    torch.save(maskgit, tmp_path / "maskgit.bin")
+    with pytest.raises(WeightsError, match="1 missing"):
+        load_tokenizer(tokenizer, tmp_path / "maskgit.bin")
+    (tmp_path / "maskgit.bin").write_bytes(b"not a pickle")
+    with pytest.raises(WeightsError, match="cannot read weights"):
+        load_tokenizer(tokenizer, tmp_path / "maskgit.bin")
+
+
+def test_hf_cache_and_torch_home_lookup(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf"
+    snapshot = cache / "models--fun-research--TiTok" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "maskgit-vqgan-imagenet-f16-256.bin").write_bytes(b"x")
+    (cache / "models--fun-research--TiTok" / "refs").mkdir()
+    (cache / "models--fun-research--TiTok" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert require("maskgit_tokenizer") == snapshot / "maskgit-vqgan-imagenet-f16-256.bin"
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert locate("lpips_alex")[0] is None
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "alexnet-owt-7be5be79.pth").write_bytes(b"x")
+    assert require("lpips_alex") == checkpoints / "alexnet-owt-7be5be79.pth"
+
+
+def test_missing_weights_fail_early_with_the_check_message(tiny_config, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(WeightsError, match=r"missing external weights 'sd21_vae' .*looked in: config path /nowhere; HF cache .*get it: hf download stabilityai/stable-diffusion-2-1"):
+        require("sd21_vae", {"sd21_vae": "/nowhere"})
+    model = OneDC.untrained(with_external(tiny_config, vae="sd21_vae"))
+    model.save_pretrained(tmp_path / "ckpt")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    assert main(["compress", str(tmp_path / "x.png"), str(tmp_path / "x.onedc"), "--checkpoint", str(tmp_path / "ckpt"), "--weights", "sd21_vae=/nowhere"]) == 1
+    err = capsys.readouterr().err
+    assert "missing external weights 'sd21_vae'" in err and "Traceback" not in err
+
+
+def test_weights_check_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "inception.pth").write_bytes(b"x")
+    assert main(["weights", "check", "fid_inception", "--path", f"fid_inception={tmp_path / 'inception.pth'}"]) == 0
+    assert "found" in capsys.readouterr().out
+    assert main(["weights", "check", "lpips_vgg"]) == 1
+    out = capsys.readouterr().out
+    assert "missing" in out and "https://download.pytorch.org/models/vgg16-397923af.pth" in out
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["weights", "download", "sd21_vae"]) == 1
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
