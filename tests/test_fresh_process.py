@@ -46,3 +46,11 @@ def test_a_file_encoded_on_the_cpu_decodes_identically_on_the_gpu(fitted_model, 
         assert torch.equal(fitted_model.decode_latents(data_gpu).y_hat, expected_gpu.y_hat.cpu())
     finally:
         del gpu_model
+
+
+def test_a_file_encoded_under_bf16_autocast_decodes_identically_without_it(tiny_model, photos):
+    """The official inference runs under bf16 autocast; our entropy path is float64 fixed point,
+    which autocast leaves alone, so the decoder's setting does not matter."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        data, expected = tiny_model.encode(photos["chelsea"][:, :128, :192])
+    assert torch.equal(tiny_model.decode_latents(data).y_hat, expected.y_hat)

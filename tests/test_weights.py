@@ -45,7 +45,7 @@ def test_unet_in_diffusers_layout_loads_into_the_frozen_base(tiny_config, tmp_pa
     load_unet_base(model.generator.unet, path)
     unet = model.generator.unet.state_dict()
     plain = source.state_dict()
-    assert torch.equal(unet["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.base_layer.weight"], plain["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"])
+    assert torch.equal(unet["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.base_layer.weight"], plain["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"])
     assert torch.equal(unet["conv_norm_out.weight"], plain["conv_norm_out.weight"])
     assert all(torch.equal(p, lora_before[n]) for n, p in model.generator.unet.named_parameters() if n in lora_before)
 
