@@ -3,8 +3,9 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from onedc import OneDC
+from onedc.codec.code_predictor import code_prediction_loss
 from onedc.generator.vae import WindowedAttnProcessor
-from onedc.model import pad_to_multiple
+from onedc.model import build_code_predictor, build_tokenizer, pad_to_multiple
 
 
 @pytest.fixture()
@@ -21,16 +22,22 @@ def test_only_lora_conv_in_vae_reduction_and_the_codec_train(model):
     assert set(model.trainable_state_dict()) == trainable
 
 
-def test_an_optimizer_step_leaves_the_frozen_weights_unchanged(model, photos):
+def test_an_optimizer_step_leaves_the_frozen_weights_unchanged(model, tiny_config, photos):
+    predictor, tokenizer = build_code_predictor(tiny_config), build_tokenizer(tiny_config)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    frozen_tokenizer = {n: p.detach().clone() for n, p in tokenizer.named_parameters()}
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    x = pad_to_multiple(photos["chelsea"][None, :, :64, :64], 64)
+    trainable = [p for p in [*model.parameters(), *predictor.parameters(), *tokenizer.parameters()] if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    x = pad_to_multiple(photos["chelsea"][None, :, :128, :128], 64)
     out = model(x)
-    ((out["x_hat"] - x).abs().mean() + 1e-4 * out["bits"]["y"].mean()).backward()
+    codes, z_q = tokenizer.tokenize(x)
+    aux = code_prediction_loss(predictor(out["c"]), codes, tokenizer.codebook, z_q, 0.01)["loss"]
+    ((out["x_hat"] - x).abs().mean() + 1e-4 * out["bits"]["y"].mean() + 1e-3 * aux).backward()
     optimizer.step()
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert all(torch.equal(p, frozen_tokenizer[n]) for n, p in tokenizer.named_parameters())
     changed = {n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])}
     assert any(".lora_B." in n for n in changed)  # B starts at zero: LoRA is the identity at first
     assert "generator.unet.conv_in.weight" in changed and "generator.vae_reduction.short_cut.weight" in changed
