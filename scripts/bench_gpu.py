@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import time
 
 import torch
+from bench_codec import timed
 
 from onedc import OneDC, load_model_config
 
@@ -33,10 +33,6 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
     def autocast():
         if args.precision == "fp32":
             return contextlib.nullcontext()
@@ -44,15 +40,7 @@ def main() -> None:
 
     def median_time(fn) -> tuple[float, object]:
         with autocast():
-            result = fn()  # warm-up
-            times = []
-            for _ in range(args.repeat):
-                sync()
-                start = time.perf_counter()
-                result = fn()
-                sync()
-                times.append(time.perf_counter() - start)
-        return statistics.median(times), result
+            return timed(fn, args.repeat, device)
 
     build_start = time.perf_counter()
     model = OneDC.untrained(load_model_config(args.model)).to(device).eval()
@@ -69,7 +57,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
             with autocast():
                 model.decompress(data)
-            sync()
+            torch.cuda.synchronize(device)
             row["decode_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
         results["sizes"][side] = row
         print(f"{args.model} {side}x{side} on {device_name} ({args.precision}): encode {t_enc:.3f} s, decode {t_dec:.3f} s, "
