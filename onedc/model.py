@@ -40,6 +40,7 @@ from .codec.semantic import tokens
 from .generator.one_step_unet import OneStepGenerator, is_trainable
 from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
+from .weights import check_keys
 
 CHECKPOINT_FORMAT = "onedc-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -139,15 +140,8 @@ class OneDC(nn.Module):
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Strict: every trainable key must be present with its shape, nothing else."""
-        expected = self.trainable_state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-        if missing or unexpected or wrong:
-            parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
-                     f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
-                     f"{len(wrong)} with wrong shapes (e.g. {wrong[:3]})" if wrong else ""]
-            raise CheckpointError(f"{source} does not fit model {self.config.name}: " + "; ".join(p for p in parts if p))
+        expected = {k: v.shape for k, v in self.trainable_state_dict().items()}
+        check_keys(expected, state, source, f"model {self.config.name}", error=CheckpointError)
         # strict=False: the frozen weights are absent by design; the key check above is strict.
         self.load_state_dict(state, strict=False)
 

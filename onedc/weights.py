@@ -205,8 +205,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def check_keys(expected: dict[str, torch.Size], state: dict[str, torch.Tensor], source: str, what: str) -> None:
-    """Strict check: every expected key present with its shape, nothing else in `state`."""
+def check_keys(
+    expected: dict[str, torch.Size], state: dict[str, torch.Tensor], source: str, what: str, error: type[OneDCError] = WeightsError
+) -> None:
+    """Strict check: every expected key present with its shape, nothing else in `state`;
+    otherwise `error` saying how many keys are missing, unexpected or of another shape."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k] != state[k].shape)
@@ -214,7 +217,7 @@ def check_keys(expected: dict[str, torch.Size], state: dict[str, torch.Tensor], 
         parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
                  f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
                  f"{len(wrong)} with other shapes (e.g. {wrong[:3]})" if wrong else ""]
-        raise WeightsError(f"{source} does not fit the {what}: " + "; ".join(p for p in parts if p))
+        raise error(f"{source} does not fit the {what}: " + "; ".join(p for p in parts if p))
 
 
 def _shapes(state: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
