@@ -1,0 +1,1 @@
+"""Training and validation data: image sources, batch policies, deterministic crops."""
