@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from . import __version__
+from .atomic import atomic_file
 from .errors import OneDCError
 
 _TINY_DEFAULT = "onedc_tiny"
@@ -45,19 +44,6 @@ def _load_model(model: str | None, checkpoint: str | None, device: str, weight_o
     return net.to(device).eval()
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Call write(tmp_path) and rename the result onto `path`, so no partial file remains."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cmd_compress(args: argparse.Namespace) -> None:
     from .image_io import load_image
 
@@ -67,7 +53,8 @@ def cmd_compress(args: argparse.Namespace) -> None:
     net = _load_model(args.model, args.checkpoint, _device(args.device), args.weights)
     data = net.compress(x)
     output = Path(args.output)
-    _write_atomically(output, lambda p: p.write_bytes(data))
+    with atomic_file(output) as tmp:
+        tmp.write_bytes(data)
     h, w = x.shape[-2:]
     print(f"{output}: {len(data)} bytes, {8 * len(data)} bits, {8 * len(data) / (h * w):.5f} bpp ({w}x{h}, {net.identity.describe()})")
 
@@ -97,13 +84,15 @@ def cmd_decompress(args: argparse.Namespace) -> None:
 
         tensors = {"y_hat": rec.y_hat.cpu().contiguous(), "c": rec.c.cpu().contiguous()}
         meta = {"height": str(rec.height), "width": str(rec.width), "model": rec.model.describe()}
-        _write_atomically(output, lambda p: save_file(tensors, p, metadata=meta))
+        with atomic_file(output) as tmp:
+            save_file(tensors, tmp, metadata=meta)
         print(f"{output}: y_hat {tuple(rec.y_hat.shape)}, c {tuple(rec.c.shape)} for a {rec.width}x{rec.height} image")
         return
     from .image_io import save_image
 
     image = net.render(rec)
-    _write_atomically(output, lambda p: save_image(image, p, format=image_format))
+    with atomic_file(output) as tmp:
+        save_image(image, tmp, format=image_format)
     print(f"{output}: {rec.width}x{rec.height} image decoded from {len(data)} bytes ({rec.model.describe()})")
 
 

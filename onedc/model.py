@@ -18,9 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import bitstream
+from .atomic import atomic_directory
 from .bitstream import DIGEST_BYTES, MAX_SIDE, Header, ModelIdentity
 from .codec import LatentCodec
 from .config import ModelConfig, model_config_from_dict
@@ -147,33 +145,21 @@ class OneDC(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write a checkpoint folder atomically: into a temporary folder, then renamed."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
-            save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-            meta = {
-                "format": CHECKPOINT_FORMAT,
-                "format_version": CHECKPOINT_VERSION,
-                "model_config": self.config.to_dict(),
-                "lmbda": self.lmbda,
-                "weights_digest": self.weights_digest().hex(),
-            }
-            (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2))
-            for f in tmp.iterdir():
-                with open(f, "rb") as handle:
-                    os.fsync(handle.fileno())
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-                os.replace(path, old / path.name)
-                os.replace(tmp, path)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with atomic_directory(path) as tmp:
+            self.write_checkpoint_files(tmp)
+
+    def write_checkpoint_files(self, folder: Path) -> None:
+        """model.safetensors (trainable weights) and onedc.json into an existing folder."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
+        save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "model_config": self.config.to_dict(),
+            "lmbda": self.lmbda,
+            "weights_digest": self.weights_digest().hex(),
+        }
+        (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))
 
     # ----------------------------------------------------------------- identity
     @property

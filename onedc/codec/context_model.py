@@ -49,7 +49,9 @@ def step_masks(channels: int, height: int, width: int, dtype: torch.dtype, devic
 
 def gaussian_likelihood(residual: torch.Tensor, scales: torch.Tensor, cfg: EntropyConfig) -> torch.Tensor:
     """Mass of [r - 1/2, r + 1/2] under N(0, sigma^2), sigma >= scale_min and mass >=
-    likelihood_bound, both with gradient-preserving lower bounds (compressai's LowerBound)."""
+    likelihood_bound, both with gradient-preserving lower bounds (compressai's LowerBound);
+    computed in float32 at least."""
+    residual, scales = residual.float(), scales.float()  # full precision even under bf16 autocast
     sigma = LowerBoundFunction.apply(scales, scales.new_tensor([cfg.scale_min]))
     v = residual.abs()
     upper = 0.5 * torch.erfc((v - 0.5) / (sigma * math.sqrt(2.0)))

@@ -117,7 +117,8 @@ class SamplePhotos:
     def load(self, index: int) -> tuple[Image.Image, str]:
         import skimage.data
 
-        array = np.asarray(getattr(skimage.data, self.names[index])())
+        photo = getattr(skimage.data, self.names[index])()
+        array = np.asarray(photo[0] if isinstance(photo, tuple) else photo)  # stereo pairs: the left view
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=2)
         return Image.fromarray(array[..., :3].astype(np.uint8)), ""

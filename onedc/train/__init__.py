@@ -1,0 +1,1 @@
+"""Training: Stage I (codec + generator LoRA in pixel space); losses, checkpoints, the loop."""

@@ -1,0 +1,166 @@
+"""Schema of the training config (`configs/train.yaml` and the experiment/data groups): the
+dataclasses check types, `validate` checks values and names the key at fault."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..config import ModelConfig, model_config_from_dict
+from ..errors import ConfigError
+
+# Under `accelerate launch` every rank runs Hydra; only rank 0 writes the .hydra/ folder.
+OmegaConf.register_new_resolver("onedc_hydra_subdir", lambda: ".hydra" if int(os.environ.get("RANK", "0")) == 0 else None, replace=True)
+
+
+@dataclass
+class TrainConfig:
+    lmbda: float = MISSING
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    grad_accum: int = MISSING
+    lr: float = MISSING
+    betas: list[float] = MISSING
+    weight_decay: float = MISSING
+    warmup_steps: int = MISSING
+    max_grad_norm: float = MISSING
+    mixed_precision: str = MISSING
+    gradient_checkpointing: bool = MISSING
+    seed: int = MISSING
+    checkpoint_every: int = MISSING
+    keep_last: int = MISSING
+    resume: Optional[str] = None
+    log_every: int = MISSING
+    logger: str = MISSING
+    wandb_project: str = MISSING
+    num_workers: int = MISSING
+    cpu: bool = MISSING
+
+
+@dataclass
+class LossConfig:
+    l1_weight: float = MISSING
+    lpips_weight: float = MISSING
+    lpips_weights: str = MISSING
+    aux_weight: float = MISSING
+    lmbda_warmup_steps: int = MISSING
+    lmbda_start: float = MISSING
+
+
+@dataclass
+class SourceConfig:
+    type: str = MISSING
+    path: Optional[str] = None
+    image_column: Optional[str] = None
+    caption_column: Optional[str] = None
+    split: str = "train"
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PolicyConfig:
+    name: str = MISSING
+    weight: float = MISSING
+    mode: str = MISSING
+    size: int = MISSING
+    batch_fraction: float = MISSING
+
+
+@dataclass
+class DataConfig:
+    train: SourceConfig = field(default_factory=SourceConfig)
+    validation: SourceConfig = field(default_factory=SourceConfig)
+    min_side: int = MISSING
+    policies: list[PolicyConfig] = MISSING
+
+
+@dataclass
+class ValidationConfig:
+    every: int = MISSING
+    crop: Optional[int] = None
+    best_metric: str = MISSING
+    mode: str = MISSING
+
+
+@dataclass
+class RunConfig:
+    stage: str
+    experiment_name: str
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    loss: LossConfig
+    validation: ValidationConfig
+    weights: dict
+
+
+def compose(overrides: list[str] | None = None) -> RunConfig:
+    """The training config with Hydra-style overrides, without launching Hydra (for tests and
+    scripts): e.g. compose(["experiment=quickstart", "train.max_steps=10"])."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module("onedc.configs", version_base="1.3"):
+        return run_config(hydra_compose("train", overrides=overrides or []))
+
+
+def run_config(cfg: DictConfig) -> RunConfig:
+    """Check the composed Hydra config and return it as dataclasses."""
+    sections = {"train": TrainConfig, "loss": LossConfig, "data": DataConfig, "validation": ValidationConfig}
+    parsed = {}
+    for key, schema in sections.items():
+        if key not in cfg:
+            raise ConfigError(f"the training config has no `{key}` section")
+        try:
+            parsed[key] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg[key]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"invalid `{key}` config: {e}") from e
+    run = RunConfig(
+        stage=cfg.stage,
+        experiment_name=cfg.experiment_name,
+        model=model_config_from_dict(cfg.model, source="model"),
+        weights=OmegaConf.to_container(cfg.weights) if "weights" in cfg else {},
+        **parsed,
+    )
+    validate(run)
+    return run
+
+
+def validate(run: RunConfig) -> None:
+    t, loss, v = run.train, run.loss, run.validation
+    checks = [
+        (t.lmbda >= 0, f"train.lmbda must be >= 0, got {t.lmbda}"),
+        (t.max_steps > 0, "train.max_steps must be positive"),
+        (t.batch_size > 0, "train.batch_size must be positive"),
+        (t.grad_accum >= 1, "train.grad_accum must be at least 1"),
+        (t.lr > 0 and t.weight_decay >= 0 and len(t.betas) == 2, "train: lr > 0, weight_decay >= 0, two betas"),
+        (t.max_grad_norm > 0, "train.max_grad_norm must be positive"),
+        (t.mixed_precision in ("no", "bf16", "fp16"), f"train.mixed_precision must be no, bf16 or fp16, got {t.mixed_precision!r}"),
+        (t.checkpoint_every > 0 and t.keep_last >= 1, "train.checkpoint_every must be positive and train.keep_last at least 1"),
+        (t.logger in ("tensorboard", "wandb", "none"), f"train.logger must be tensorboard, wandb or none, got {t.logger!r}"),
+        (t.log_every > 0 and t.num_workers >= 0, "train.log_every must be positive, train.num_workers >= 0"),
+        (loss.lmbda_warmup_steps >= 0 and loss.lmbda_start >= 0, "loss: lmbda_warmup_steps and lmbda_start must be >= 0"),
+        (min(loss.l1_weight, loss.lpips_weight, loss.aux_weight) >= 0, "loss weights must be >= 0"),
+        (v.every > 0, "validation.every must be positive"),
+        (v.best_metric in ("rd_loss", "bpp", "psnr", "lpips"), f"validation.best_metric must be rd_loss, bpp, psnr or lpips, got {v.best_metric!r}"),
+        (v.mode in ("min", "max"), "validation.mode must be min or max"),
+        (v.best_metric != "lpips" or loss.lpips_weight > 0, "validation.best_metric=lpips needs loss.lpips_weight > 0 (the LPIPS network)"),
+        (run.data.min_side > 0, "data.min_side must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if t.logger == "wandb":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("train.logger=wandb needs Weights & Biases: pip install wandb (or use train.logger=tensorboard)")
+    # the code predictor works on 1/32 tokens in windows: crops must tile them exactly
+    multiple = 32 * run.model.distillation.predictor.window
+    for p in run.data.policies:
+        if p.size % multiple:
+            raise ConfigError(f"data policy {p.name}: size {p.size} must be a multiple of {multiple} (32 x the code predictor's window)")
