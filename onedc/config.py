@@ -259,13 +259,18 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     return model_config_from_dict(cfg.model, source=name)
 
 
+def parse_structured(schema: type, raw: Any, what: str) -> Any:
+    """`raw` (dict or DictConfig) checked against the dataclass `schema` (types, unknown and
+    missing keys) and returned as an instance of it; ConfigError otherwise."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), raw))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid {what}: {e}") from e
+
+
 def model_config_from_dict(raw: Any, source: str = "config") -> ModelConfig:
     """Check `raw` (dict or DictConfig) against the schema and validate its values."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"invalid model config ({source}): {e}") from e
+    cfg = parse_structured(ModelConfig, raw, f"model config ({source})")
     validate(cfg)
     return cfg
 

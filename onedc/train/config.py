@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from ..config import ModelConfig, model_config_from_dict
+from ..config import ModelConfig, model_config_from_dict, parse_structured
 from ..errors import ConfigError
 
 # Under `accelerate launch` every rank runs Hydra; only rank 0 writes the .hydra/ folder.
@@ -115,10 +114,7 @@ def run_config(cfg: DictConfig) -> RunConfig:
     for key, schema in sections.items():
         if key not in cfg:
             raise ConfigError(f"the training config has no `{key}` section")
-        try:
-            parsed[key] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), cfg[key]))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"invalid `{key}` config: {e}") from e
+        parsed[key] = parse_structured(schema, cfg[key], f"`{key}` config")
     run = RunConfig(
         stage=cfg.stage,
         experiment_name=cfg.experiment_name,

@@ -46,6 +46,12 @@ class Stage1Module(nn.Module):
         return self.loss(x, out, self.predictor(out["c"]), codes, self.tokenizer.codebook, z_q, lmbda)
 
 
+def required_weights(run: RunConfig) -> list[str]:
+    """Names of the external weights this run loads."""
+    ext = run.model.external
+    return [n for n in (ext.unet, ext.vae, ext.tokenizer, run.loss.lpips_weights if run.loss.lpips_weight > 0 else None) if n]
+
+
 def build_module(run: RunConfig) -> Stage1Module:
     """Seeded model with its external frozen weights, code predictor, teacher and loss."""
     model = OneDC.untrained(run.model)
@@ -113,6 +119,10 @@ def train(run: RunConfig, run_dir: Path) -> dict:
     ckpt_root = run_dir / "checkpoints"
     set_seed(t.seed, device_specific=True)
 
+    # fail fast, before building a billion-parameter model: every weight and data source present
+    for name in required_weights(run):
+        external.require(name, run.weights)
+    source, validation_source = build_source(run.data.train), build_source(run.data.validation)
     module = build_module(run)
     trainable = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
@@ -142,7 +152,6 @@ def train(run: RunConfig, run_dir: Path) -> dict:
         state = checkpoints.read_trainer_state(resume)
         accelerator.print(f"resumed from {resume} at step {state['step']}")
 
-    source = build_source(run.data.train)
     policies = policies_from_config(run.data.policies)
     sampler = StepBatchSampler(len(source), policies, t.batch_size, t.seed, accelerator.process_index,
                                accelerator.num_processes, start_step=state["step"] * t.grad_accum)
@@ -150,7 +159,7 @@ def train(run: RunConfig, run_dir: Path) -> dict:
     loader = DataLoader(TrainingCrops(source, policies, run.data.min_side), batch_sampler=sampler,
                         num_workers=t.num_workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
                         generator=torch.Generator().manual_seed(t.seed))
-    validation_images = load_images(build_source(run.data.validation), run.validation.crop) if accelerator.is_main_process else []
+    validation_images = load_images(validation_source, run.validation.crop) if accelerator.is_main_process else []
 
     if accelerator.is_main_process and t.logger != "none":
         project = t.wandb_project if t.logger == "wandb" else run.experiment_name
