@@ -45,10 +45,12 @@ def test_config_errors_name_the_key():
         compose([*FAST, "train.logger=mlflow"])
 
 
-def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
-    train(compose([*FAST, "train.max_steps=6", "train.checkpoint_every=3", "validation.every=100"]), tmp_path / "straight")
-    train(compose([*FAST, "train.max_steps=3", "train.checkpoint_every=3", "validation.every=100"]), tmp_path / "resumed")
-    state = train(compose([*FAST, "train.max_steps=6", "train.checkpoint_every=3", "validation.every=100", "train.resume=latest"]), tmp_path / "resumed")
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, accumulate):
+    common = [*FAST, "train.checkpoint_every=3", "validation.every=100", f"train.grad_accum={accumulate}"]
+    train(compose([*common, "train.max_steps=6"]), tmp_path / "straight")
+    train(compose([*common, "train.max_steps=3"]), tmp_path / "resumed")
+    state = train(compose([*common, "train.max_steps=6", "train.resume=latest"]), tmp_path / "resumed")
     assert state["step"] == 6
     a, b = (load_file(tmp_path / run / "checkpoints" / "step_0000006" / "model.safetensors") for run in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -204,7 +204,6 @@ def train(run: RunConfig, run_dir: Path) -> dict:
         run_validation(0)
     module.train()
     progress = tqdm(total=t.max_steps, initial=state["step"], disable=not accelerator.is_main_process, desc=run.experiment_name)
-    micro = 0
     for batch in loader:
         if state["step"] >= t.max_steps:
             break
@@ -216,7 +215,6 @@ def train(run: RunConfig, run_dir: Path) -> dict:
                 accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad()
-        micro += 1
         if not accelerator.sync_gradients:
             continue
         scheduler.step()
