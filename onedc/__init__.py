@@ -2,7 +2,7 @@
 
 from .bitstream import ModelIdentity
 from .config import ModelConfig, load_model_config
-from .errors import BitstreamError, CheckpointError, ConfigError, ImageError, OneDCError
+from .errors import BitstreamError, CheckpointError, ConfigError, ImageError, OneDCError, WeightsError
 
 __version__ = "0.1.0"
 
@@ -16,7 +16,9 @@ __all__ = [
     "ModelIdentity",
     "OneDC",
     "OneDCError",
+    "WeightsError",
     "load_model_config",
+    "load_pretrained",
 ]
 
 
@@ -26,4 +28,8 @@ def __getattr__(name: str):
         from . import model
 
         return getattr(model, name)
+    if name == "load_pretrained":
+        from .weights import load_pretrained
+
+        return load_pretrained
     raise AttributeError(f"module 'onedc' has no attribute {name!r}")

@@ -28,10 +28,10 @@ def _warn(message: str) -> None:
 def _load_model(model: str | None, checkpoint: str | None, device: str, weight_overrides: list[str] | None = None):
     from .config import load_model_config
     from .model import OneDC
-    from .weights import load_weight_paths
+    from .weights import load_pretrained, load_weight_paths
 
     if checkpoint:
-        net = OneDC.from_pretrained(checkpoint, load_weight_paths(weight_overrides))
+        net = load_pretrained(checkpoint, load_weight_paths(weight_overrides))
         if model and model != net.config.name:
             _warn(f"--model {model} ignored: the checkpoint holds {net.config.name}")
     else:

@@ -21,3 +21,7 @@ class ConfigError(OneDCError):
 
 class CheckpointError(OneDCError):
     """A checkpoint folder is missing, incomplete or does not fit the model."""
+
+
+class WeightsError(OneDCError):
+    """An external weight is missing, unreadable or does not fit the module it is loaded into."""

@@ -10,7 +10,8 @@ Checkpoint folder (written atomically by `save_pretrained`):
                         keys as in OneDC.state_dict()
     onedc.json          {"format", "format_version", "model_config", "lmbda", "weights_digest"}
 Frozen parts (the U-Net base and the VAE) are not stored: they come from their own source
-(the seeded initialisation of an untrained config; the DMD2 U-Net and SD2.1 VAE at full size).
+(the seeded initialisation of an untrained config; the DMD2 U-Net and SD2.1 VAE at full size,
+loaded by onedc.weights.load_pretrained / load_frozen_weights).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .codec.semantic import tokens
 from .generator.one_step_unet import OneStepGenerator, is_trainable
 from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
-from .weights import check_keys
+from .state_dicts import check_keys
 
 CHECKPOINT_FORMAT = "onedc-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -82,24 +83,11 @@ class OneDC(nn.Module):
             torch.manual_seed(config.seed)
             return cls(config)
 
-    def load_external_weights(self, weight_paths: dict[str, str | None] | None = None) -> None:
-        """Load the frozen U-Net base and VAE named in `config.external` (see weights.py);
-        entries that are null keep their seeded initialisation. WeightsError if one is missing."""
-        from . import weights
-
-        ext = self.config.external
-        targets = {"unet": (ext.unet, weights.load_unet_base, self.generator.unet), "vae": (ext.vae, weights.load_vae, self.vae)}
-        for key, (name, load, module) in targets.items():
-            if name is None:
-                continue
-            if name not in weights.EXTERNAL_WEIGHTS:
-                raise ConfigError(f"external.{key}: unknown weights {name!r}; known: {', '.join(weights.EXTERNAL_WEIGHTS)}")
-            load(module, weights.require(name, weight_paths))
-
     @classmethod
-    def from_pretrained(cls, path: str | Path, weight_paths: dict[str, str | None] | None = None) -> "OneDC":
-        """Load a checkpoint folder written by `save_pretrained`, and the external weights of
-        its frozen parts (located through `weight_paths`, the HF cache and TORCH_HOME)."""
+    def from_pretrained(cls, path: str | Path) -> "OneDC":
+        """Load a checkpoint folder written by `save_pretrained`: its trainable weights on the
+        seeded initialisation. `onedc.weights.load_pretrained` also loads the external weights
+        of the frozen parts (all full-size models need them)."""
         path = Path(path)
         meta_path, weights_path = path / METADATA_FILE, path / WEIGHTS_FILE
         if not path.is_dir():
@@ -126,7 +114,6 @@ class OneDC(nn.Module):
         model.load_trainable_state_dict(state, source=str(weights_path))
         if model.weights_digest().hex() != meta.get("weights_digest"):
             raise CheckpointError(f"{weights_path} does not match the digest recorded in {meta_path.name} (corrupt or replaced file)")
-        model.load_external_weights(weight_paths)
         return model
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -20,19 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ConfigError, OneDCError
+from .errors import ConfigError, WeightsError
+from .state_dicts import DIFFUSERS_WEIGHT_FILES, check_keys, read_state_dict, shapes
 
 DMD2_FILE = (
     "model/sdv1.5/laion6.25_sd_baseline_8node_guidance1.75_lr5e-7_seed10_dfake10_diffusion1000_gan1e-3_"
     "resume_fid8.35_checkpoint_model_041000/pytorch_model.bin"
 )
-DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-
-
-class WeightsError(OneDCError):
-    """An external weight is missing, unreadable or does not fit the module it is loaded into."""
-
-
 @dataclass(frozen=True)
 class ExternalWeight:
     description: str
@@ -184,46 +178,6 @@ def download(name: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------- loading
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors or torch pickle state dict (tensors only, `weights_only`), with any
-    leading `module.` prefix removed. A diffusers folder reads its weights file."""
-    if path.is_dir():
-        path = next((path / f for f in DIFFUSERS_WEIGHT_FILES if (path / f).is_file()), path / DIFFUSERS_WEIGHT_FILES[0])
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unreadable, truncated or not a state dict: one clear message
-        raise WeightsError(f"cannot read weights {path}: {e}") from e
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise WeightsError(f"{path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def check_keys(
-    expected: dict[str, torch.Size], state: dict[str, torch.Tensor], source: str, what: str, error: type[OneDCError] = WeightsError
-) -> None:
-    """Strict check: every expected key present with its shape, nothing else in `state`;
-    otherwise `error` saying how many keys are missing, unexpected or of another shape."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k] != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
-                 f"{len(wrong)} with other shapes (e.g. {wrong[:3]})" if wrong else ""]
-        raise error(f"{source} does not fit the {what}: " + "; ".join(p for p in parts if p))
-
-
-def _shapes(state: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
-    return {k: v.shape for k, v in state.items()}
-
-
 def load_unet_base(unet: nn.Module, path: Path) -> None:
     """Plain UNet2DConditionModel weights (SD1.5 diffusers layout, or the DMD2 .bin) into the
     frozen base of our LoRA-wrapped U-Net: `X.weight` -> `X.base_layer.weight` for wrapped
@@ -232,13 +186,13 @@ def load_unet_base(unet: nn.Module, path: Path) -> None:
     base = {k: v for k, v in unet.state_dict().items() if ".lora_" not in k and not k.startswith("conv_in.")}
     rename = {k.replace(".base_layer.", "."): k for k in base}
     state = {rename.get(k, k): v for k, v in read_state_dict(path).items() if not k.startswith("conv_in.")}
-    check_keys(_shapes(base), state, str(path), "U-Net base")
+    check_keys(shapes(base), state, str(path), "U-Net base")
     unet.load_state_dict(state, strict=False)
 
 
 def load_vae(vae: nn.Module, path: Path) -> None:
     state = read_state_dict(path)
-    check_keys(_shapes(vae.state_dict()), state, str(path), "SD VAE")
+    check_keys(shapes(vae.state_dict()), state, str(path), "SD VAE")
     vae.load_state_dict(state)
 
 
@@ -246,5 +200,28 @@ def load_tokenizer(tokenizer: nn.Module, path: Path) -> None:
     """The public MaskGIT file also holds the VQGAN decoder, which distillation never uses:
     its `decoder.*` keys are skipped."""
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("decoder.")}
-    check_keys(_shapes(tokenizer.state_dict()), state, str(path), "MaskGIT tokenizer")
+    check_keys(shapes(tokenizer.state_dict()), state, str(path), "MaskGIT tokenizer")
     tokenizer.load_state_dict(state)
+
+
+def load_frozen_weights(model, weight_paths: dict[str, str | None] | None = None) -> None:
+    """Load the frozen U-Net base and VAE of a OneDC named in `model.config.external`; null
+    entries keep their seeded initialisation. WeightsError if one is missing or misfits."""
+    ext = model.config.external
+    targets = {"unet": (ext.unet, load_unet_base, model.generator.unet), "vae": (ext.vae, load_vae, model.vae)}
+    for key, (name, load, module) in targets.items():
+        if name is None:
+            continue
+        if name not in EXTERNAL_WEIGHTS:
+            raise ConfigError(f"external.{key}: unknown weights {name!r}; known: {', '.join(EXTERNAL_WEIGHTS)}")
+        load(module, require(name, weight_paths))
+
+
+def load_pretrained(path: str | Path, weight_paths: dict[str, str | None] | None = None):
+    """A OneDC checkpoint folder with its frozen parts: the checkpoint's trainable weights
+    (OneDC.from_pretrained) plus the external weights its config names."""
+    from .model import OneDC
+
+    model = OneDC.from_pretrained(path)
+    load_frozen_weights(model, weight_paths)
+    return model

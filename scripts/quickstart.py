@@ -17,7 +17,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from onedc import OneDC
+from onedc import OneDC, load_pretrained
 from onedc.image_io import load_image, save_image, to_uint8
 from onedc.train.config import compose
 from onedc.train.stage1 import train
@@ -75,7 +75,7 @@ def main() -> int:
     start = time.perf_counter()
     train(run, out / "train")
     minutes = (time.perf_counter() - start) / 60
-    trained = OneDC.from_pretrained(out / "train" / "checkpoints" / "best")
+    trained = load_pretrained(out / "train" / "checkpoints" / "best")
     after = evaluate(trained, images, out / "after")
 
     print(f"\ntrained in {minutes:.1f} min; best checkpoint: {out / 'train' / 'checkpoints' / 'best'} ({trained.identity.describe()})")

@@ -13,7 +13,7 @@ from onedc import OneDC
 from onedc.cli import main
 from onedc.config import model_config_from_dict
 from onedc.model import build_tokenizer
-from onedc.weights import WeightsError, load_tokenizer, load_unet_base, load_vae, locate, require
+from onedc.weights import WeightsError, load_frozen_weights, load_tokenizer, load_unet_base, load_vae, locate, require
 
 
 def plain_unet(cfg):
@@ -55,14 +55,14 @@ def test_dmd2_style_bin_loads_through_the_model_and_misfits_are_clear(tiny_confi
     bin_path = tmp_path / "pytorch_model.bin"
     torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, bin_path)  # a DDP-style prefix is tolerated
     model = OneDC.untrained(with_external(tiny_config, unet="dmd2_unet"))
-    model.load_external_weights({"dmd2_unet": str(bin_path)})
+    load_frozen_weights(model, {"dmd2_unet": str(bin_path)})
     assert torch.equal(model.generator.unet.state_dict()["conv_out.weight"], source.state_dict()["conv_out.weight"])
     broken = source.state_dict()
     del broken["mid_block.resnets.0.conv1.weight"]
     broken["conv_out.bias"] = torch.zeros(7)
     torch.save(broken, bin_path)
     with pytest.raises(WeightsError, match=r"does not fit the U-Net base: 1 missing .*1 with other shapes"):
-        model.load_external_weights({"dmd2_unet": str(bin_path)})
+        load_frozen_weights(model, {"dmd2_unet": str(bin_path)})
 
 
 def test_vae_and_tokenizer_files(tiny_config, tmp_path):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..codec.code_predictor import code_prediction_loss
-from ..weights import check_keys, read_state_dict
+from ..state_dicts import check_keys, read_state_dict
 
 
 def lmbda_at(step: int, lmbda: float, warmup_steps: int, start: float) -> float:

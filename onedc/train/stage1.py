@@ -56,7 +56,7 @@ def build_module(run: RunConfig) -> Stage1Module:
     """Seeded model with its external frozen weights, code predictor, teacher and loss."""
     model = OneDC.untrained(run.model)
     model.lmbda = run.train.lmbda
-    model.load_external_weights(run.weights)
+    external.load_frozen_weights(model, run.weights)
     # seeded apart from the global RNG: the frozen tokenizer is not checkpointed and must come
     # out the same on every rank and after every resume
     with torch.random.fork_rng(devices=[]):

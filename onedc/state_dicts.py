@@ -1,0 +1,51 @@
+"""Reading state dicts from files and checking them strictly against a module's keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import OneDCError, WeightsError
+
+DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors or torch pickle state dict (tensors only, `weights_only`), with any
+    leading `module.` prefix removed. A diffusers folder reads its weights file."""
+    if path.is_dir():
+        path = next((path / f for f in DIFFUSERS_WEIGHT_FILES if (path / f).is_file()), path / DIFFUSERS_WEIGHT_FILES[0])
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unreadable, truncated or not a state dict: one clear message
+        raise WeightsError(f"cannot read weights {path}: {e}") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def check_keys(
+    expected: dict[str, torch.Size], state: dict[str, torch.Tensor], source: str, what: str, error: type[OneDCError] = WeightsError
+) -> None:
+    """Strict check: every expected key present with its shape, nothing else in `state`;
+    otherwise `error` saying how many keys are missing, unexpected or of another shape."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k] != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
+                 f"{len(wrong)} with other shapes (e.g. {wrong[:3]})" if wrong else ""]
+        raise error(f"{source} does not fit the {what}: " + "; ".join(p for p in parts if p))
+
+
+def shapes(state: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in state.items()}
