@@ -141,6 +141,20 @@ def cmd_weights_download(args: argparse.Namespace) -> None:
         print(f"{name}: {download(name)}")
 
 
+def cmd_import_official(args: argparse.Namespace) -> None:
+    from .config import load_model_config
+    from .official import import_official
+
+    report = import_official(args.source, args.output, load_model_config(args.model), args.lmbda)
+    print(f"imported {report.source} (lambda {report.lmbda:g}) -> {report.output}")
+    print(f"  {'file':<22} {'keys':>6} {'parameters':>14} {'trainable':>14} {'frozen (bundled)':>17}")
+    for f in report.files:
+        print(f"  {f.file:<22} {f.keys:>6} {f.parameters:>14,} {f.trainable:>14,} {f.frozen:>17,}")
+    for name, reason in report.ignored:
+        print(f"  ignored {name}: {reason}")
+    print(f"use it: onedc compress IMAGE OUT.onedc --checkpoint {report.output}   (needs the SD2.1 VAE: onedc weights check sd21_vae)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onedc", description="OneDC image codec")
     parser.add_argument("--version", action="version", version=f"onedc {__version__}")
@@ -166,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the parameter counts of a model config")
     p.add_argument("--model", default="onedc_sd15", help="model config name or YAML file (default: onedc_sd15)")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("import-official", help="convert a rate-point folder of the official OneDC release into an onedc checkpoint")
+    p.add_argument("source", help="official folder with model.safetensors (generator) and model_1.safetensors (codec)")
+    p.add_argument("output", help="checkpoint folder to write")
+    p.add_argument("--lmbda", type=float, help="rate point of the release (default: read from the folder name, e.g. lambda4.6)")
+    p.add_argument("--model", default="onedc_sd15", help="model config of the release's architecture (default: onedc_sd15)")
+    p.set_defaults(func=cmd_import_official)
 
     weights = sub.add_parser("weights", help="external weights: check where they are, download them")
     wsub = weights.add_subparsers(dest="weights_command", required=True)

@@ -8,7 +8,10 @@ x (B, 3, H, W) in [-1, 1] (H, W multiples of 64 in `forward`; any size in `compr
 Checkpoint folder (written atomically by `save_pretrained`):
     model.safetensors   trainable weights (latent codec, LoRA, new conv_in, vae_reduction),
                         keys as in OneDC.state_dict()
-    onedc.json          {"format", "format_version", "model_config", "lmbda", "weights_digest"}
+    frozen.safetensors  optional: frozen weights bundled with the checkpoint (an imported
+                        official release carries its DMD2 U-Net base)
+    onedc.json          {"format", "format_version", "model_config", "lmbda", "weights_digest",
+                        "frozen_digest" (with frozen.safetensors)}
 Frozen parts (the U-Net base and the VAE) are not stored: they come from their own source
 (the seeded initialisation of an untrained config; the DMD2 U-Net and SD2.1 VAE at full size,
 loaded by onedc.weights.load_pretrained / load_frozen_weights).
@@ -44,6 +47,7 @@ from .state_dicts import check_keys
 CHECKPOINT_FORMAT = "onedc-checkpoint"
 CHECKPOINT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+FROZEN_FILE = "frozen.safetensors"
 METADATA_FILE = "onedc.json"
 
 
@@ -57,6 +61,36 @@ class LatentReconstruction:
     height: int
     width: int
     model: ModelIdentity
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> bytes:
+    """SHA-256 over the tensors in sorted key order: for each, `key|dtype|shape|` then its bytes."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy())
+    return h.digest()
+
+
+def write_checkpoint(folder: Path, config: ModelConfig, lmbda: float | None, trainable: dict[str, torch.Tensor],
+                     frozen: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a checkpoint's files into an existing folder: model.safetensors (trainable
+    weights), optionally frozen.safetensors (frozen weights bundled with it), onedc.json."""
+    trainable = {k: v.detach().cpu().contiguous() for k, v in trainable.items()}
+    save_file(trainable, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "model_config": config.to_dict(),
+        "lmbda": lmbda,
+        "weights_digest": tensor_digest(trainable)[:DIGEST_BYTES].hex(),
+    }
+    if frozen:
+        frozen = {k: v.detach().cpu().contiguous() for k, v in frozen.items()}
+        save_file(frozen, folder / FROZEN_FILE, metadata={"format": "pt"})
+        meta["frozen_digest"] = tensor_digest(frozen).hex()
+    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -114,7 +148,26 @@ class OneDC(nn.Module):
         model.load_trainable_state_dict(state, source=str(weights_path))
         if model.weights_digest().hex() != meta.get("weights_digest"):
             raise CheckpointError(f"{weights_path} does not match the digest recorded in {meta_path.name} (corrupt or replaced file)")
+        if meta.get("frozen_digest"):
+            model.load_bundled_frozen(path / FROZEN_FILE, meta["frozen_digest"])
         return model
+
+    def load_bundled_frozen(self, path: Path, digest: str) -> None:
+        """Frozen weights shipped inside a checkpoint (e.g. the DMD2 U-Net base of an imported
+        official release): a subset of the frozen keys, each with its shape."""
+        try:
+            state = load_file(path)
+        except (OSError, SafetensorError) as e:
+            raise CheckpointError(f"cannot read {path}: {e}") from e
+        if tensor_digest(state).hex() != digest:
+            raise CheckpointError(f"{path} does not match the digest recorded in {METADATA_FILE} (corrupt or replaced file)")
+        trainable = self.trainable_state_dict()
+        frozen = {k: v.shape for k, v in self.state_dict().items() if k not in trainable}
+        unknown = sorted(set(state) - set(frozen))
+        if unknown:
+            raise CheckpointError(f"{path}: {len(unknown)} keys that are not frozen weights of {self.config.name} (e.g. {unknown[:3]})")
+        check_keys({k: frozen[k] for k in state}, state, str(path), f"model {self.config.name}", error=CheckpointError)
+        self.load_state_dict(state, strict=False)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a checkpoint stores (those not frozen), keys as in `state_dict()`."""
@@ -137,16 +190,7 @@ class OneDC(nn.Module):
 
     def write_checkpoint_files(self, folder: Path) -> None:
         """model.safetensors (trainable weights) and onedc.json into an existing folder."""
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
-        save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
-        meta = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "model_config": self.config.to_dict(),
-            "lmbda": self.lmbda,
-            "weights_digest": self.weights_digest().hex(),
-        }
-        (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+        write_checkpoint(folder, self.config, self.lmbda, self.trainable_state_dict())
 
     # ----------------------------------------------------------------- identity
     @property
@@ -160,12 +204,7 @@ class OneDC(nn.Module):
         generator = (p for n, p in self.generator.named_parameters() if is_trainable(n))
         fingerprint = self.codec.weights_fingerprint() + tuple((p.data_ptr(), p._version) for p in generator)
         if self._digest is None or self._digest[0] != fingerprint:
-            h = hashlib.sha256()
-            for key, t in self.trainable_state_dict().items():
-                t = t.detach().cpu().contiguous()
-                h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-                h.update(t.view(-1).view(torch.uint8).numpy())
-            self._digest = (fingerprint, h.digest()[:DIGEST_BYTES])
+            self._digest = (fingerprint, tensor_digest(self.trainable_state_dict())[:DIGEST_BYTES])
         return self._digest[1]
 
     @property
