@@ -50,6 +50,17 @@ def resolve_resume(resume: str, root: Path) -> Path | None:
     return path
 
 
+def load_tensors(path: Path) -> dict:
+    """A safetensors file of a checkpoint, or CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+
+
 def read_trainer_state(folder: Path) -> dict:
     try:
         return json.loads((folder / TRAINER_STATE).read_text())

@@ -70,5 +70,5 @@ class Stage1Loss(nn.Module):
         terms["lpips"] = self.perceptual(out["x_hat"], x).mean() if self.perceptual is not None else torch.zeros_like(terms["l1"])
         aux = code_prediction_loss(logits.float(), codes, codebook, z_q, self.code_mse_weight)
         terms.update(code_ce=aux["ce"], code_mse=aux["mse"], aux=aux["loss"])
-        terms["loss"] = c.l1_weight * terms["l1"] + c.lpips_weight * terms["lpips"] + lmbda * terms["bpp_y"] + c.aux_weight * terms["aux"]
-        return terms
+        total = c.l1_weight * terms["l1"] + c.lpips_weight * terms["lpips"] + lmbda * terms["bpp_y"] + c.aux_weight * terms["aux"]
+        return {"loss": total, **terms}

@@ -1,0 +1,221 @@
+"""What the training stages share: Accelerate set-up, the run folder (Hydra's, chosen by rank 0
+and broadcast), the seeded data stream, atomic checkpoints with exact resume, validation on real
+files with a best checkpoint, and logging (tqdm, TensorBoard or W&B, per-rank JSON lines).
+
+A stage subclasses `StageTrainer` and supplies its modules and one optimizer step:
+    required_weights()  names of the external weights it loads (checked before building)
+    build()             modules and optimizers, prepared with self.accelerator; sets self.model
+    train_batch()       one (micro-)batch -> (loss terms, whether an optimizer step happened)
+    save_extras() / load_extras()   trainable weights beyond the OneDC model's own
+Resuming replays the same data (a function of seed and step), noise (checkpointed RNG) and
+losses as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .. import weights as external
+from ..data.sources import build_source, load_images
+from ..data.training import StepBatchSampler, TrainingCrops, collate, policies_from_config
+from ..image_io import to_uint8
+from ..model import OneDC
+from . import checkpoints
+from .config import RunConfig
+
+
+@torch.no_grad()
+def validate(model: OneDC, perceptual, images: list[tuple[str, torch.Tensor]], run: RunConfig) -> dict[str, float]:
+    """Real files: compress, decompress, then bpp of the file, PSNR (8 bit), LPIPS, rd_loss."""
+    rows = []
+    for _, x in images:
+        data = model.compress(x)
+        x_hat = model.decompress(data)
+        ref, rec = torch.from_numpy(to_uint8(x)).float(), torch.from_numpy(to_uint8(x_hat)).float()
+        mse = float((ref - rec).square().mean())
+        rows.append({
+            "bpp": 8 * len(data) / (x.shape[-2] * x.shape[-1]),
+            "psnr": 10 * math.log10(255**2 / max(mse, 1e-10)),
+            "l1": float((x_hat - x).abs().mean() / 2),
+            "lpips": float(perceptual(x_hat[None].to(model.device), x[None].to(model.device))) if perceptual is not None else 0.0,
+        })
+    metrics = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    loss = run.loss
+    metrics["rd_loss"] = loss.l1_weight * metrics["l1"] + loss.lpips_weight * metrics["lpips"] + run.train.lmbda * metrics["bpp"]
+    return metrics
+
+
+class StageTrainer:
+    def __init__(self, run: RunConfig, run_dir: Path):
+        self.run, self.run_dir = run, Path(run_dir)
+        self.model: OneDC | None = None  # the (unwrapped) model that is validated and checkpointed
+        self.perceptual = None  # LPIPS network used by validation, if any
+        self.accelerator = None
+
+    # -------------------------------------------------------------- supplied by a stage
+    def required_weights(self) -> list[str]:
+        raise NotImplementedError
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def train_batch(self, batch: dict, step: int) -> tuple[dict[str, torch.Tensor], bool]:
+        raise NotImplementedError
+
+    def save_extras(self, folder: Path) -> None:
+        pass
+
+    def load_extras(self, folder: Path) -> None:
+        pass
+
+    def accumulation_steps(self) -> int:
+        return self.run.train.grad_accum
+
+    # -------------------------------------------------------------- shared
+    def train(self) -> dict:
+        """Train into the run folder; returns the final trainer state."""
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+        from tqdm.auto import tqdm
+
+        run, t = self.run, self.run.train
+        accelerator = self.accelerator = Accelerator(
+            mixed_precision=t.mixed_precision,
+            gradient_accumulation_steps=self.accumulation_steps(),
+            cpu=t.cpu,
+            log_with=None if t.logger == "none" else t.logger,
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+        )
+        run_dir = self.run_dir = Path(broadcast_object_list([str(self.run_dir)])[0])  # rank 0's choice
+        ckpt_root = run_dir / "checkpoints"
+        set_seed(t.seed, device_specific=True)
+
+        # fail fast, before building billion-parameter models: every weight and data source present
+        for name in self.required_weights():
+            external.require(name, run.weights)
+        source, validation_source = build_source(run.data.train), build_source(run.data.validation)
+        self.build()
+
+        def save_hook(models, state_dicts, output_dir):
+            if accelerator.is_main_process:
+                self.model.write_checkpoint_files(Path(output_dir))
+                self.save_extras(Path(output_dir))
+            state_dicts.clear()  # nothing else of the models: frozen weights come from their sources
+
+        def load_hook(models, input_dir):
+            models.clear()
+            self.model.load_trainable_state_dict(checkpoints.load_tensors(Path(input_dir) / "model.safetensors"), source=str(input_dir))
+            self.load_extras(Path(input_dir))
+
+        accelerator.register_save_state_pre_hook(save_hook)
+        accelerator.register_load_state_pre_hook(load_hook)
+
+        state = {"step": 0, "lmbda": t.lmbda, "experiment": run.experiment_name, "best": None}
+        resume = checkpoints.resolve_resume(t.resume, ckpt_root) if t.resume else None
+        if resume is not None:
+            accelerator.load_state(str(resume))
+            state = checkpoints.read_trainer_state(resume)
+            accelerator.print(f"resumed from {resume} at step {state['step']}")
+
+        policies = policies_from_config(run.data.policies)
+        sampler = StepBatchSampler(len(source), policies, t.batch_size, t.seed, accelerator.process_index,
+                                   accelerator.num_processes, start_step=state["step"] * self.accumulation_steps())
+        # its own generator: starting the loader must not draw from the (restored) global RNG
+        loader = DataLoader(TrainingCrops(source, policies, run.data.min_side), batch_sampler=sampler,
+                            num_workers=t.num_workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(t.seed))
+        validation_images = load_images(validation_source, run.validation.crop) if accelerator.is_main_process else []
+
+        if accelerator.is_main_process and t.logger != "none":
+            project = t.wandb_project if t.logger == "wandb" else run.experiment_name
+            wandb_run = {"wandb": {"name": f"{run.experiment_name}-lmbda{t.lmbda}", "dir": str(run_dir)}}
+            accelerator.init_trackers(project, config=_flat({"train": asdict(t), "loss": asdict(run.loss)}), init_kwargs=wandb_run)
+        logs = run_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        # a run killed between checkpoints logged steps it will now redo: drop them, so the logs
+        # read like those of an uninterrupted run
+        step_log_path = logs / f"train_rank{accelerator.process_index}.jsonl"
+        _truncate_log(step_log_path, state["step"])
+        if accelerator.is_main_process:
+            _truncate_log(logs / "validation.jsonl", state["step"])
+        step_log = open(step_log_path, "a")
+
+        def save(step: int) -> None:
+            tmp = checkpoints.new_temporary_folder(ckpt_root, step) if accelerator.is_main_process else None
+            tmp = Path(broadcast_object_list([str(tmp)])[0])
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                checkpoints.finish(tmp, ckpt_root, step, state, t.keep_last)
+            accelerator.wait_for_everyone()
+
+        def run_validation(step: int) -> None:
+            if accelerator.is_main_process:
+                was_training = self.model.training
+                self.model.eval()
+                metrics = validate(self.model, self.perceptual, validation_images, run)
+                self.model.train(was_training)
+                accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+                value = metrics[run.validation.best_metric]
+                best = state["best"]
+                better = best is None or (value < best["value"] if run.validation.mode == "min" else value > best["value"])
+                accelerator.print(f"step {step}: " + ", ".join(f"val/{k} {v:.4f}" for k, v in metrics.items()))
+                if better:
+                    state["best"] = {"metric": run.validation.best_metric, "value": value, "step": step}
+                    self.model.save_pretrained(ckpt_root / "best")
+                with open(logs / "validation.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, **metrics}) + "\n")
+            state["best"] = broadcast_object_list([state["best"]])[0]
+            accelerator.wait_for_everyone()
+
+        if state["step"] == 0:
+            run_validation(0)
+        progress = tqdm(total=t.max_steps, initial=state["step"], disable=not accelerator.is_main_process, desc=run.experiment_name)
+        for batch in loader:
+            if state["step"] >= t.max_steps:
+                break
+            terms, stepped = self.train_batch(batch, state["step"])
+            if not stepped:
+                continue
+            state["step"] += 1
+            step = state["step"]
+            local = {k: float(v.detach()) for k, v in terms.items()}
+            step_log.write(json.dumps({"step": step, "policy": batch["policy"], "batch": len(batch["caption"]), **local}) + "\n")
+            if step % t.log_every == 0 or step == t.max_steps:
+                mean = {k: float(v) for k, v in accelerator.reduce({k: v.detach().float() for k, v in terms.items()}, "mean").items()}
+                accelerator.log({f"train/{k}": v for k, v in mean.items()}, step=step)
+                progress.set_postfix({k: f"{mean[k]:.4f}" for k in list(mean)[:3]})
+            progress.update(1)
+            if step % run.validation.every == 0 or step == t.max_steps:
+                run_validation(step)
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                step_log.flush()
+                save(step)
+        progress.close()
+        step_log.close()
+        accelerator.end_training()
+        return state
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Keep the JSON lines of `path` whose step is at most `last_step`."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "/"))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
