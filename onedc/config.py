@@ -205,6 +205,19 @@ class DistillationConfig:
 
 
 @dataclass
+class TextEncoderConfig:
+    """CLIP text encoder of the Stage II critics (SD1.5's CLIP-L at full size)."""
+
+    hidden_size: int = MISSING
+    layers: int = MISSING
+    heads: int = MISSING
+    intermediate_size: int = MISSING
+    vocab_size: int = MISSING
+    max_length: int = MISSING
+    hidden_act: str = MISSING
+
+
+@dataclass
 class ExternalConfig:
     """Names of the external weights (see `onedc weights check`) of the frozen parts; null
     keeps the seeded initialisation (tiny configs)."""
@@ -212,6 +225,9 @@ class ExternalConfig:
     unet: Optional[str] = None
     vae: Optional[str] = None
     tokenizer: Optional[str] = None
+    score_unet: Optional[str] = None  # Stage II: real and fake scores start from it
+    text_encoder: Optional[str] = None
+    text_tokenizer: Optional[str] = None
 
 
 @dataclass
@@ -224,6 +240,7 @@ class ModelConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     external: ExternalConfig = field(default_factory=ExternalConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -369,6 +386,10 @@ def validate(cfg: ModelConfig) -> None:
     )
     _require(0 <= g.timestep < g.noise_schedule.num_train_timesteps, "generator.timestep must lie in [0, num_train_timesteps)")
     _require(g.lora.rank > 0 and g.lora.alpha > 0, "generator.lora: rank and alpha must be positive")
+    _require(
+        cfg.text_encoder.hidden_size == gu.cross_attention_dim,
+        "text_encoder.hidden_size must equal generator.unet.cross_attention_dim (the critics' cross-attention width)",
+    )
     p, t = cfg.distillation.predictor, cfg.distillation.tokenizer
     _require(
         p.heads * p.head_dim == c.semantic.channels,

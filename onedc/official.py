@@ -6,6 +6,8 @@
 * `import_official`: one released rate-point folder (model.safetensors = generator,
   model_1.safetensors = codec) -> our checkpoint folder, the DMD2 U-Net base bundled.
 * `load_code_predictor`: the Stage I code predictor of an official training checkpoint.
+* `load_guidance`: the Stage II guidance (real and fake scores, GAN head) of an official
+  training checkpoint, to continue Stage II from it.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ KNOWN_EXTRA_FILES = {
 }
 # Stored by the official predictor as Parameters; fixed, recomputed by us (code_predictor.py).
 PREDICTOR_MASKS = ("left_right_mask", "upper_lower_mask")
+# DMD2's guidance stores a one-layer placeholder network that no loss uses; we have none.
+GUIDANCE_PLACEHOLDER = "dummy_network."
 
 
 @dataclass
@@ -163,3 +167,24 @@ def load_code_predictor(predictor: nn.Module, path: Path) -> None:
     state = {k: v for k, v in read_state_dict(path).items() if not k.endswith(PREDICTOR_MASKS)}
     check_keys(shapes(predictor.state_dict()), state, str(path), "code predictor", error=CheckpointError)
     predictor.load_state_dict(state)
+
+
+def load_guidance(guidance: nn.Module, path: str | Path) -> None:
+    """The Stage II guidance of an official training checkpoint (a `checkpoint_model_NNNNNN`
+    folder or its `model_2.safetensors`) into our `train.dmd.Guidance`: `real_unet.*` (stored in
+    bf16), `fake_unet.*` and `cls_pred_branch.*` have our names; `dummy_network.*` is skipped;
+    the stored `alphas_cumprod` must be our noise schedule (to float32 precision)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model_2.safetensors"
+    state = read_state_dict(path)
+    alphas = state.pop("alphas_cumprod", None)
+    if alphas is None:
+        raise CheckpointError(f"{path}: no alphas_cumprod; not the Stage II guidance of an official training checkpoint "
+                              "(a Stage I checkpoint's model_2.safetensors is the code predictor)")
+    ours = guidance.alphas_cumprod.cpu()
+    if alphas.shape != ours.shape or not torch.allclose(alphas.double(), ours, rtol=0, atol=1e-6):
+        raise CheckpointError(f"{path}: its noise schedule (alphas_cumprod) differs from ours (model.generator.noise_schedule)")
+    state = {k: v for k, v in state.items() if not k.startswith(GUIDANCE_PLACEHOLDER)}
+    check_keys(shapes(guidance.state_dict()), state, str(path), "Stage II guidance", error=CheckpointError)
+    guidance.load_state_dict(state)  # copies cast: bf16 real score -> the module's dtype

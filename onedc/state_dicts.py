@@ -5,17 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .errors import OneDCError, WeightsError
 
 DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+TRANSFORMERS_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors or torch pickle state dict (tensors only, `weights_only`), with any
-    leading `module.` prefix removed. A diffusers folder reads its weights file."""
+    leading `module.` prefix removed. A diffusers or transformers folder reads its weights file."""
     if path.is_dir():
-        path = next((path / f for f in DIFFUSERS_WEIGHT_FILES if (path / f).is_file()), path / DIFFUSERS_WEIGHT_FILES[0])
+        names = DIFFUSERS_WEIGHT_FILES + TRANSFORMERS_WEIGHT_FILES
+        path = next((path / f for f in names if (path / f).is_file()), path / names[0])
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -49,3 +52,16 @@ def check_keys(
 
 def shapes(state: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in state.items()}
+
+
+def load_torchvision_features(stages: list[nn.Module], path: Path, what: str) -> None:
+    """Copy the `features.N.*` weights of a torchvision classifier file (AlexNet, VGG16) into
+    `stages`: Sequentials whose children are named by their index N in torchvision's `features`
+    (the layout of lpips' and DISTS' trunks). Strict: every parameter of `stages` is filled."""
+    features = {k[len("features."):]: v for k, v in read_state_dict(path).items() if k.startswith("features.")}
+    params = {f"{index}.{name}": p for stage in stages for index, layer in stage.named_children()
+              for name, p in layer.named_parameters()}
+    check_keys({k: p.shape for k, p in params.items()}, features, str(path), what)
+    with torch.no_grad():
+        for key, param in params.items():
+            param.copy_(features[key])

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, WeightsError
-from .state_dicts import DIFFUSERS_WEIGHT_FILES, check_keys, read_state_dict, shapes
+from .state_dicts import DIFFUSERS_WEIGHT_FILES, TRANSFORMERS_WEIGHT_FILES, check_keys, read_state_dict, shapes
 
 DMD2_FILE = (
     "model/sdv1.5/laion6.25_sd_baseline_8node_guidance1.75_lr5e-7_seed10_dfake10_diffusion1000_gan1e-3_"
@@ -32,7 +32,8 @@ class ExternalWeight:
     description: str
     hf_repo: str | None = None
     hf_file: str | None = None  # a single file in the repo
-    hf_folder: str | None = None  # a diffusers-layout folder (config.json + weights) in the repo
+    hf_folder: str | None = None  # a model folder in the repo (diffusers or transformers layout)
+    folder_files: tuple[tuple[str, ...], ...] = (("config.json",), DIFFUSERS_WEIGHT_FILES)  # one of each group
     torch_hub_file: str | None = None
     url: str | None = None
 
@@ -52,6 +53,18 @@ EXTERNAL_WEIGHTS: dict[str, ExternalWeight] = {
         "SD1.5 U-Net, diffusers layout (Stage II real and fake scores)",
         hf_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
         hf_folder="unet",
+    ),
+    "sd15_text_encoder": ExternalWeight(
+        "SD1.5 CLIP text encoder (Stage II critics' captions)",
+        hf_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        hf_folder="text_encoder",
+        folder_files=(("config.json",), TRANSFORMERS_WEIGHT_FILES),
+    ),
+    "sd15_tokenizer": ExternalWeight(
+        "SD1.5 CLIP tokenizer (Stage II critics' captions)",
+        hf_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        hf_folder="tokenizer",
+        folder_files=(("vocab.json",), ("merges.txt",)),
     ),
     "sd21_vae": ExternalWeight(
         "SD2.1 VAE, diffusers layout (frozen encoder and decoder)", hf_repo="stabilityai/stable-diffusion-2-1", hf_folder="vae"
@@ -107,7 +120,7 @@ def _valid(weight: ExternalWeight, path: Path) -> Path | None:
     """The usable path at `path` (a file, or a diffusers folder or its repo root), or None."""
     if weight.hf_folder:
         for folder in (path, path / weight.hf_folder):
-            if (folder / "config.json").is_file() and any((folder / f).is_file() for f in DIFFUSERS_WEIGHT_FILES):
+            if all(any((folder / f).is_file() for f in group) for group in weight.folder_files):
                 return folder
         return None
     return path if path.is_file() else None
@@ -132,9 +145,9 @@ def locate(name: str, paths: dict[str, str | None] | None = None) -> tuple[Path 
             if isinstance(cached, str):
                 return Path(cached), searched
         else:
-            config = try_to_load_from_cache(weight.hf_repo, f"{weight.hf_folder}/config.json")
-            if isinstance(config, str) and _valid(weight, Path(config).parent):
-                return Path(config).parent, searched
+            first = try_to_load_from_cache(weight.hf_repo, f"{weight.hf_folder}/{weight.folder_files[0][0]}")
+            if isinstance(first, str) and _valid(weight, Path(first).parent):
+                return Path(first).parent, searched
     if weight.torch_hub_file:
         candidate = torch_hub_checkpoints() / weight.torch_hub_file
         searched.append(f"TORCH_HOME {candidate}")
@@ -167,7 +180,7 @@ def download(name: str) -> Path:
         if weight.hf_repo and weight.hf_file:
             return Path(hf_hub_download(weight.hf_repo, weight.hf_file))
         if weight.hf_repo:
-            root = snapshot_download(weight.hf_repo, allow_patterns=[f"{weight.hf_folder}/config.json", f"{weight.hf_folder}/{DIFFUSERS_WEIGHT_FILES[0]}"])
+            root = snapshot_download(weight.hf_repo, allow_patterns=[f"{weight.hf_folder}/{group[0]}" for group in weight.folder_files])
             return Path(root) / weight.hf_folder
         target = torch_hub_checkpoints() / weight.torch_hub_file
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -190,10 +203,30 @@ def load_unet_base(unet: nn.Module, path: Path) -> None:
     unet.load_state_dict(state, strict=False)
 
 
+def load_module(module: nn.Module, path: Path, what: str, skip: tuple[str, ...] = ()) -> None:
+    """Strictly load a state-dict file (or model folder) into `module`; keys ending in one of
+    `skip` are left out first (for known, harmless extras)."""
+    state = {k: v for k, v in read_state_dict(path).items() if not (skip and k.endswith(skip))}
+    check_keys(shapes(module.state_dict()), state, str(path), what)
+    module.load_state_dict(state)
+
+
 def load_vae(vae: nn.Module, path: Path) -> None:
-    state = read_state_dict(path)
-    check_keys(shapes(vae.state_dict()), state, str(path), "SD VAE")
-    vae.load_state_dict(state)
+    load_module(vae, path, "SD VAE")
+
+
+def load_text_encoder(encoder: nn.Module, path: Path) -> None:
+    """CLIPTextModel weights; older files also store the constant position ids, which are skipped."""
+    load_module(encoder, path, "CLIP text encoder", skip=("embeddings.position_ids",))
+
+
+def load_clip_tokenizer(path: Path):
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"cannot read the CLIP tokenizer in {path}: {e}") from e
 
 
 def load_tokenizer(tokenizer: nn.Module, path: Path) -> None:

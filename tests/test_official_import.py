@@ -158,3 +158,59 @@ def test_full_size_external_files_load_strictly(tmp_path):
     torch.save(fake_file(MANIFEST["maskgit_vqgan"], torch.float32), tmp_path / "maskgit.bin")
     load_tokenizer(build_tokenizer(config), tmp_path / "maskgit.bin")
     assert math.prod(MANIFEST["maskgit_vqgan"]["quantize.embedding.weight"]) == 1024 * 256
+
+
+def official_guidance_file(guidance, path: Path) -> None:
+    """A Stage II training checkpoint's model_2.safetensors as the official code writes it: the
+    real score in bf16, DMD2's placeholder network, the noise schedule in float32."""
+    state = {k: (v.bfloat16() if k.startswith("real_unet.") else v).contiguous() for k, v in guidance.state_dict().items()}
+    state["dummy_network.fc.weight"], state["dummy_network.fc.bias"] = torch.zeros(1, 32), torch.zeros(1)
+    state["alphas_cumprod"] = guidance.alphas_cumprod.float()
+    save_file(state, path, metadata={"format": "pt"})
+
+
+def test_stage2_guidance_of_a_training_checkpoint(tiny_config, tmp_path):
+    from onedc.official import load_guidance
+    from onedc.train.config import compose
+    from onedc.train.dmd import Guidance
+
+    dmd = compose(["experiment=quickstart_stage2"]).dmd
+    torch.manual_seed(0)
+    source = Guidance(tiny_config.generator, dmd)
+    (tmp_path / "checkpoint_model_041000").mkdir()
+    official_guidance_file(source, tmp_path / "checkpoint_model_041000" / "model_2.safetensors")
+    torch.manual_seed(1)
+    target = Guidance(tiny_config.generator, dmd)
+    load_guidance(target, tmp_path / "checkpoint_model_041000")
+    for key, value in source.state_dict().items():
+        expected = value.bfloat16().float() if key.startswith("real_unet.") else value
+        assert torch.equal(target.state_dict()[key], expected), key
+    # a code predictor file, a wrong schedule and a missing key are refused with the reason
+    state = load_file(tmp_path / "checkpoint_model_041000" / "model_2.safetensors")
+    for name, broken, message in [
+        ("no_schedule", {k: v for k, v in state.items() if k != "alphas_cumprod"}, "no alphas_cumprod"),
+        ("schedule", {**state, "alphas_cumprod": state["alphas_cumprod"] * 0.5}, "noise schedule"),
+        ("missing", {k: v for k, v in state.items() if not k.startswith("cls_pred_branch.6.")}, "cls_pred_branch.6"),
+    ]:
+        save_file(broken, tmp_path / f"{name}.safetensors")
+        with pytest.raises(CheckpointError, match=message):
+            load_guidance(target, tmp_path / f"{name}.safetensors")
+
+
+def test_full_size_stage2_guidance_covers_ours():
+    """The official Stage II guidance file's 1,385 keys: 1,382 are exactly our full-size
+    Guidance's names and shapes, plus DMD2's 2 placeholder keys and the schedule (the loader
+    itself is tested above)."""
+    from onedc.official import load_guidance
+    from onedc.train.config import compose
+    from onedc.train.dmd import Guidance
+
+    keys = MANIFEST["dmd2_guidance"]
+    assert len(keys) == 1385
+    config = load_model_config("onedc_sd15")
+    with torch.device("meta"):
+        guidance = Guidance(config.generator, compose(["experiment=quickstart_stage2"]).dmd)
+    ours = {k: tuple(v.shape) for k, v in guidance.state_dict().items()}
+    loaded = {k: tuple(s) for k, s in keys.items() if not k.startswith("dummy_network.") and k != "alphas_cumprod"}
+    assert ours == loaded
+    assert sum(math.prod(s) for k, s in loaded.items() if k.startswith("cls_pred_branch.")) == 52_437_761

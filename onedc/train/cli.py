@@ -2,6 +2,7 @@
 
     onedc-train experiment=quickstart
     onedc-train -m experiment=stage1 train.lmbda=0.6,1.0,1.8,2.9,4.6,7.4,12.2
+    onedc-train experiment=stage2 train.init_from=outputs/stage1/lmbda4.6/checkpoints/best
     accelerate launch --config_file configs/accelerate/4gpu.yaml -m onedc.train experiment=stage1
 """
 
@@ -23,10 +24,10 @@ def run(cfg: DictConfig) -> None:
     try:
         settings = run_config(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        if settings.stage != "stage1":
-            raise OneDCError(f"stage {settings.stage!r} is not available yet (stage1 is)")
-        from .stage1 import train
-
+        if settings.stage == "stage2":
+            from .stage2 import train
+        else:
+            from .stage1 import train
         train(settings, run_dir)
     except OneDCError as e:
         print(f"onedc-train: error: {e}", file=sys.stderr)

@@ -33,6 +33,7 @@ class TrainConfig:
     checkpoint_every: int = MISSING
     keep_last: int = MISSING
     resume: Optional[str] = None
+    init_from: Optional[str] = None  # Stage II: the Stage I checkpoint folder to start from
     log_every: int = MISSING
     logger: str = MISSING
     wandb_project: str = MISSING
@@ -86,6 +87,26 @@ class ValidationConfig:
 
 
 @dataclass
+class DMDConfig:
+    """Stage II (SPEC.md 6.3); Stage I ignores it."""
+
+    generator_every: int = MISSING
+    real_guidance: float = MISSING
+    min_timestep: int = MISSING
+    max_timestep: int = MISSING
+    gan_max_timestep: int = MISSING
+    dmd_weight: float = MISSING
+    gan_generator_weight: float = MISSING
+    pixel_weight: float = MISSING
+    fake_denoise_weight: float = MISSING
+    gan_guidance_weight: float = MISSING
+    guidance_lr: float = MISSING
+    real_score_bf16: bool = MISSING
+    bootstrap: Optional[str] = None  # experiment to train first when train.init_from does not exist yet
+    init_guidance_from: Optional[str] = None  # an official Stage II training checkpoint's guidance
+
+
+@dataclass
 class RunConfig:
     stage: str
     experiment_name: str
@@ -94,6 +115,7 @@ class RunConfig:
     train: TrainConfig
     loss: LossConfig
     validation: ValidationConfig
+    dmd: DMDConfig
     weights: dict
 
 
@@ -109,7 +131,7 @@ def compose(overrides: list[str] | None = None) -> RunConfig:
 
 def run_config(cfg: DictConfig) -> RunConfig:
     """Check the composed Hydra config and return it as dataclasses."""
-    sections = {"train": TrainConfig, "loss": LossConfig, "data": DataConfig, "validation": ValidationConfig}
+    sections = {"train": TrainConfig, "loss": LossConfig, "data": DataConfig, "validation": ValidationConfig, "dmd": DMDConfig}
     parsed = {}
     for key, schema in sections.items():
         if key not in cfg:
@@ -150,6 +172,25 @@ def validate(run: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    if run.stage not in ("stage1", "stage2"):
+        raise ConfigError(f"stage must be stage1 or stage2, got {run.stage!r}")
+    if run.stage == "stage2":
+        d = run.dmd
+        stage2_checks = [
+            (t.init_from is not None, "Stage II starts from a Stage I checkpoint: set train.init_from=PATH"),
+            (t.grad_accum == 1, "Stage II does not support gradient accumulation (the generator and guidance turns share each batch): set train.grad_accum=1"),
+            (d.generator_every >= 1, "dmd.generator_every must be at least 1"),
+            (0 <= d.min_timestep <= d.max_timestep < 1000, "dmd: need 0 <= min_timestep <= max_timestep < 1000"),
+            (0 < d.gan_max_timestep <= 1000, "dmd.gan_max_timestep must be in (0, 1000]"),
+            (d.guidance_lr > 0, "dmd.guidance_lr must be positive"),
+        ]
+        # the GAN head needs an 8x8 mid-block: image / 8 (VAE) / 2^(levels - 1) (U-Net) >= 8
+        smallest = 64 * 2 ** (len(run.model.generator.unet.block_out_channels) - 1)
+        stage2_checks += [(p.size >= smallest, f"data policy {p.name}: Stage II needs crops of at least {smallest} (the GAN head's 8x8 mid-block), got {p.size}")
+                          for p in run.data.policies]
+        for ok, message in stage2_checks:
+            if not ok:
+                raise ConfigError(message)
     if t.logger == "wandb":
         import importlib.util
 

@@ -74,32 +74,34 @@ class StageTrainer:
     def load_extras(self, folder: Path) -> None:
         pass
 
-    def accumulation_steps(self) -> int:
-        return self.run.train.grad_accum
-
     # -------------------------------------------------------------- shared
-    def train(self) -> dict:
-        """Train into the run folder; returns the final trainer state."""
+    def make_accelerator(self):
+        """The Accelerator of this run (mixed precision, accumulation, CPU, logger, run folder)."""
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
-        from tqdm.auto import tqdm
+        from accelerate.utils import ProjectConfiguration
 
-        run, t = self.run, self.run.train
-        accelerator = self.accelerator = Accelerator(
+        t = self.run.train
+        return Accelerator(
             mixed_precision=t.mixed_precision,
-            gradient_accumulation_steps=self.accumulation_steps(),
+            gradient_accumulation_steps=t.grad_accum,
             cpu=t.cpu,
             log_with=None if t.logger == "none" else t.logger,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
-        run_dir = self.run_dir = Path(broadcast_object_list([str(self.run_dir)])[0])  # rank 0's choice
-        ckpt_root = run_dir / "checkpoints"
+
+    def setup(self) -> None:
+        """Accelerate, the run folder, the fail-fast checks, the stage's modules, checkpoint hooks."""
+        from accelerate.utils import broadcast_object_list, set_seed
+
+        run, t = self.run, self.run.train
+        accelerator = self.accelerator = self.make_accelerator()
+        self.run_dir = Path(broadcast_object_list([str(self.run_dir)])[0])  # rank 0's choice
         set_seed(t.seed, device_specific=True)
 
         # fail fast, before building billion-parameter models: every weight and data source present
         for name in self.required_weights():
             external.require(name, run.weights)
-        source, validation_source = build_source(run.data.train), build_source(run.data.validation)
+        self.source, self.validation_source = build_source(run.data.train), build_source(run.data.validation)
         self.build()
 
         def save_hook(models, state_dicts, output_dir):
@@ -116,6 +118,15 @@ class StageTrainer:
         accelerator.register_save_state_pre_hook(save_hook)
         accelerator.register_load_state_pre_hook(load_hook)
 
+    def train(self) -> dict:
+        """Train into the run folder; returns the final trainer state."""
+        from accelerate.utils import broadcast_object_list
+        from tqdm.auto import tqdm
+
+        self.setup()
+        run, t, accelerator = self.run, self.run.train, self.accelerator
+        run_dir, ckpt_root = self.run_dir, self.run_dir / "checkpoints"
+        source, validation_source = self.source, self.validation_source
         state = {"step": 0, "lmbda": t.lmbda, "experiment": run.experiment_name, "best": None}
         resume = checkpoints.resolve_resume(t.resume, ckpt_root) if t.resume else None
         if resume is not None:
@@ -125,7 +136,7 @@ class StageTrainer:
 
         policies = policies_from_config(run.data.policies)
         sampler = StepBatchSampler(len(source), policies, t.batch_size, t.seed, accelerator.process_index,
-                                   accelerator.num_processes, start_step=state["step"] * self.accumulation_steps())
+                                   accelerator.num_processes, start_step=state["step"] * t.grad_accum)
         # its own generator: starting the loader must not draw from the (restored) global RNG
         loader = DataLoader(TrainingCrops(source, policies, run.data.min_side), batch_sampler=sampler,
                             num_workers=t.num_workers, collate_fn=collate, pin_memory=accelerator.device.type == "cuda",
@@ -157,10 +168,11 @@ class StageTrainer:
 
         def run_validation(step: int) -> None:
             if accelerator.is_main_process:
-                was_training = self.model.training
+                modes = [(m, m.training) for m in self.model.modules()]  # restored exactly afterwards
                 self.model.eval()
                 metrics = validate(self.model, self.perceptual, validation_images, run)
-                self.model.train(was_training)
+                for m, training in modes:
+                    m.training = training
                 accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
                 value = metrics[run.validation.best_metric]
                 best = state["best"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..codec.code_predictor import code_prediction_loss
-from ..state_dicts import check_keys, read_state_dict
+from ..state_dicts import load_torchvision_features
 
 
 def lmbda_at(step: int, lmbda: float, warmup_steps: int, start: float) -> float:
@@ -36,16 +36,7 @@ def build_lpips_vgg(vgg16_weights: Path) -> nn.Module:
     import lpips
 
     model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-    features = {k[len("features.") :]: v for k, v in read_state_dict(vgg16_weights).items() if k.startswith("features.")}
-    state = {}
-    for slice_name, block in model.net.named_children():
-        for index, layer in block.named_children():
-            for param in layer.state_dict():
-                key = f"{index}.{param}"
-                if key in features:
-                    state[f"{slice_name}.{key}"] = features[key]
-    check_keys({k: v.shape for k, v in model.net.state_dict().items()}, state, str(vgg16_weights), "LPIPS VGG16 backbone")
-    model.net.load_state_dict(state)
+    load_torchvision_features(list(model.net.children()), vgg16_weights, "LPIPS VGG16 backbone")
     return model.eval().requires_grad_(False)
 
 

@@ -1,0 +1,170 @@
+"""Stage II training (SPEC.md 6.3): DMD2 distribution-matching distillation plus a latent GAN.
+
+The codec is frozen (and run without gradients); the generator's LoRA, conv_in and
+vae_reduction learn
+    L_G = dmd_weight * L_DMD + gan_generator_weight * softplus(-D) + pixel_weight * (L1 + LPIPS)
+every `dmd.generator_every`-th step, while the guidance (fake score + GAN head) learns
+    L_guid = fake_denoise_weight * MSE(eps_fake, eps) + gan_guidance_weight * D-loss
+every step on the detached generator latents. Turns are isolated: the guidance is frozen during
+the generator's turn, the generator's outputs are detached for the guidance's. Two AdamW
+optimizers with constant-with-warm-up schedules; both schedules advance every step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .. import weights as external
+from ..codec.semantic import tokens
+from ..errors import CheckpointError
+from ..generator.vae import decode_latent
+from ..model import OneDC
+from ..official import load_guidance
+from ..state_dicts import check_keys, shapes
+from . import checkpoints
+from .config import RunConfig, compose
+from .dmd import Guidance, TextConditioner, frozen
+from .loop import StageTrainer
+from .losses import build_lpips_vgg
+
+GUIDANCE_FILE = "guidance.safetensors"
+
+
+class Stage2Generator(nn.Module):
+    """What Accelerate wraps on the generator side: frozen codec (eval mode, no gradients), then
+    the one-step generator -> SD latents, decoded to pixels on request."""
+
+    def __init__(self, model: OneDC):
+        super().__init__()
+        self.model = model
+        model.codec.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Stage2Generator":
+        super().train(mode)
+        self.model.codec.eval()  # hard rounding, as at inference
+        return self
+
+    def forward(self, x: torch.Tensor, decode: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.no_grad():
+            out = self.model.codec(x, self.model.encode_latent(x))
+        latents = self.model.generator(out["y_in"], tokens(out["c"]))
+        return latents, decode_latent(self.model.vae, latents) if decode else None
+
+
+class Stage2Trainer(StageTrainer):
+    def required_weights(self) -> list[str]:
+        ext, loss = self.run.model.external, self.run.loss
+        names = (ext.vae, ext.score_unet, ext.text_encoder, ext.text_tokenizer, loss.lpips_weights if loss.lpips_weight > 0 else None)
+        return [n for n in names if n]
+
+    def build(self) -> None:
+        from diffusers.optimization import get_scheduler
+
+        run, t, accelerator = self.run, self.run.train, self.accelerator
+        model = external.load_pretrained(t.init_from, run.weights)
+        if model.config.name != run.model.name:
+            accelerator.print(f"note: training {model.config.name} from {t.init_from} (model={run.model.name} ignored)")
+        if model.lmbda is not None:
+            t.lmbda = model.lmbda  # the rate point is the Stage I model's
+        cfg = model.config
+        with torch.random.fork_rng(devices=[]):  # the fake score starts as a copy of the real one
+            torch.manual_seed(cfg.seed + 3)
+            guidance = Guidance(cfg.generator, run.dmd)
+        guidance.fake_unet.load_state_dict(guidance.real_unet.state_dict())
+        if cfg.external.score_unet:
+            path = external.require(cfg.external.score_unet, run.weights)
+            external.load_module(guidance.real_unet, path, "SD1.5 U-Net (real score)")
+            external.load_module(guidance.fake_unet, path, "SD1.5 U-Net (fake score)")
+        if run.dmd.init_guidance_from:
+            load_guidance(guidance, run.dmd.init_guidance_from)
+        if run.dmd.real_score_bf16:
+            guidance.real_unet.to(torch.bfloat16)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 4)
+            tokenizer = external.load_clip_tokenizer(external.require(cfg.external.text_tokenizer, run.weights)) if cfg.external.text_tokenizer else None
+            text = TextConditioner(cfg.text_encoder, tokenizer)
+        if cfg.external.text_encoder:
+            external.load_text_encoder(text.encoder, external.require(cfg.external.text_encoder, run.weights))
+        if run.loss.lpips_weight > 0:
+            self.perceptual = build_lpips_vgg(external.require(run.loss.lpips_weights, run.weights)).to(accelerator.device)
+        if t.gradient_checkpointing:
+            for unet in (model.generator.unet, guidance.real_unet, guidance.fake_unet):
+                unet.enable_gradient_checkpointing()
+            model.vae.enable_gradient_checkpointing()
+
+        generator = Stage2Generator(model)
+        self.generator_params = [p for p in generator.parameters() if p.requires_grad]
+        self.guidance_params = [p for p in guidance.parameters() if p.requires_grad]
+        opt_g = torch.optim.AdamW(self.generator_params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        opt_d = torch.optim.AdamW(self.guidance_params, lr=run.dmd.guidance_lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.sched_g = get_scheduler("constant_with_warmup", opt_g, num_warmup_steps=t.warmup_steps)
+        self.sched_d = get_scheduler("constant_with_warmup", opt_d, num_warmup_steps=t.warmup_steps)
+        self.generator, self.guidance, self.opt_g, self.opt_d = accelerator.prepare(generator, guidance, opt_g, opt_d)
+        accelerator.register_for_checkpointing(self.sched_g, self.sched_d)
+        self.text = text.to(accelerator.device)
+        self.uncond = self.text([""])
+        self.model = model
+        self.inner_guidance: Guidance = accelerator.unwrap_model(self.guidance)
+        self.generator.train()
+        self.guidance.train()
+
+    def train_batch(self, batch: dict, step: int) -> tuple[dict[str, torch.Tensor], bool]:
+        run, accelerator = self.run, self.accelerator
+        d, loss = run.dmd, run.loss
+        x = batch["image"].to(accelerator.device)
+        cond = self.text(batch["caption"])  # no caption: the empty prompt
+        uncond = self.uncond.expand(len(x), -1, -1)
+        terms: dict[str, torch.Tensor] = {}
+
+        # generator turn: the guidance is frozen and not synchronised (its weights do not move)
+        with frozen(self.inner_guidance), accelerator.no_sync(self.guidance):
+            if step % d.generator_every == 0:
+                latents, x_hat = self.generator(x)
+                critic = self.guidance("generator", latents, cond, uncond)
+                dmd, gan = critic["dmd"], critic["gan_generator"]
+                l1 = (x_hat.float() - x).abs().mean() / 2
+                lpips = self.perceptual(x_hat, x).mean() if self.perceptual is not None else torch.zeros_like(l1)
+                generator_loss = d.dmd_weight * dmd + d.gan_generator_weight * gan + d.pixel_weight * (loss.l1_weight * l1 + loss.lpips_weight * lpips)
+                accelerator.backward(generator_loss)
+                accelerator.clip_grad_norm_(self.generator_params, run.train.max_grad_norm)
+                self.opt_g.step()
+                self.opt_g.zero_grad()
+                terms.update(generator_loss=generator_loss, dmd=dmd, gan_generator=gan, l1=l1, lpips=lpips)
+            else:
+                with torch.no_grad():
+                    latents, _ = self.generator(x, decode=False)
+        self.sched_g.step()
+
+        # guidance turn, on the generator's detached latents and the VAE latents of the images
+        with torch.no_grad():
+            real = self.model.vae.encode(x).latent_dist.sample() * self.model.vae.config.scaling_factor
+        guidance_terms = self.guidance("guidance", latents.detach(), cond, real)
+        accelerator.backward(guidance_terms["guidance_loss"])
+        accelerator.clip_grad_norm_(self.guidance_params, run.train.max_grad_norm)
+        self.opt_d.step()
+        self.opt_d.zero_grad()
+        self.sched_d.step()
+        return {**guidance_terms, **terms}, True
+
+    def save_extras(self, folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.inner_guidance.trainable_state_dict().items()}, folder / GUIDANCE_FILE)
+
+    def load_extras(self, folder: Path) -> None:
+        state = checkpoints.load_tensors(folder / GUIDANCE_FILE)
+        check_keys(shapes(self.inner_guidance.trainable_state_dict()), state, str(folder / GUIDANCE_FILE), "guidance", error=CheckpointError)
+        self.inner_guidance.load_state_dict(state, strict=False)
+
+
+def train(run: RunConfig, run_dir: Path) -> dict:
+    """Train Stage II into `run_dir`; a missing train.init_from is first produced by training
+    the `dmd.bootstrap` experiment (the tiny quickstart), if one is named."""
+    init = Path(run.train.init_from)
+    if not init.exists() and run.dmd.bootstrap:
+        from .stage1 import train as train_stage1
+
+        train_stage1(compose([f"experiment={run.dmd.bootstrap}"]), init.parents[1])
+    return Stage2Trainer(run, run_dir).train()

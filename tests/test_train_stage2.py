@@ -1,0 +1,110 @@
+"""Stage II (DMD2 + latent GAN) on the tiny model, on the CPU."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from onedc.data.training import TrainingCrops, collate, policies_from_config
+from onedc.data.sources import SamplePhotos
+from onedc.train.config import compose
+from onedc.train.dmd import Guidance
+from onedc.train.stage1 import train as train_stage1
+from onedc.train.stage2 import Stage2Trainer, train
+
+STAGE1 = ["experiment=quickstart", "train.logger=none", "train.batch_size=2", "train.max_steps=2", "train.checkpoint_every=2",
+          "validation.every=100", "validation.crop=64", "model.distillation.predictor.window=2",
+          "data.policies=[{name:crop128,weight:1.0,mode:crop,size:128,batch_fraction:1.0}]"]
+
+
+@pytest.fixture(scope="module")
+def stage1_checkpoint(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("stage1")
+    train_stage1(compose(STAGE1), run)
+    return run / "checkpoints" / "best"
+
+
+def stage2(checkpoint: Path, *overrides: str):
+    return compose(["experiment=quickstart_stage2", "train.logger=none", f"train.init_from={checkpoint}", "validation.every=100",
+                    "validation.crop=64", "data.policies=[{name:crop128,weight:1.0,mode:crop,size:128,batch_fraction:1.0}]", *overrides])
+
+
+def snapshot(module: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module: torch.nn.Module) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_turns_update_what_they_should(stage1_checkpoint, tmp_path):
+    trainer = Stage2Trainer(stage2(stage1_checkpoint, "train.max_steps=30", "train.warmup_steps=0"), tmp_path)
+    trainer.setup()
+    model, guidance = trainer.model, trainer.inner_guidance
+    policies = policies_from_config(trainer.run.data.policies)
+    crops = TrainingCrops(SamplePhotos(["astronaut", "coffee", "rocket"]), policies, 128)
+    generator_trainable = {k: v for k, v in model.generator.state_dict().items() if k in model.generator.trainable_state_dict()}
+    frozen = {"codec": snapshot(model.codec), "vae": snapshot(model.vae), "real": snapshot(guidance.real_unet)}
+    for step in range(30):
+        gen_before = {k: v.detach().clone() for k, v in model.generator.trainable_state_dict().items()}
+        fake_before, head_before = snapshot(guidance.fake_unet), snapshot(guidance.cls_pred_branch)
+        batch = collate([crops[(i % 3, 1000 * step + i, 0)] for i in range(2)])
+        batch["caption"] = ["a photo", ""]
+        terms, stepped = trainer.train_batch(batch, step)
+        assert stepped and torch.isfinite(terms["guidance_loss"])
+        gen_moved = any(not torch.equal(v, gen_before[k]) for k, v in model.generator.trainable_state_dict().items())
+        assert gen_moved == (step % 10 == 0), step
+        assert ("generator_loss" in terms) == (step % 10 == 0)
+        assert changed(fake_before, guidance.fake_unet) and changed(head_before, guidance.cls_pred_branch)
+    assert not changed(frozen["codec"], model.codec) and not changed(frozen["vae"], model.vae)
+    assert not changed(frozen["real"], guidance.real_unet)
+    assert generator_trainable  # LoRA, conv_in, vae_reduction were there to move
+
+
+def test_dmd_gradient_vanishes_when_real_and_fake_agree(tiny_config):
+    run = compose(["experiment=quickstart_stage2", "train.init_from=unused", "dmd.real_guidance=1.0", "dmd.real_score_bf16=false"])
+    torch.manual_seed(0)
+    guidance = Guidance(tiny_config.generator, run.dmd)
+    guidance.fake_unet.load_state_dict(guidance.real_unet.state_dict())
+    latents = torch.randn(2, 4, 16, 16, requires_grad=True)
+    cond, uncond = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    loss, grad = guidance.dmd_loss(latents, cond, uncond)
+    assert torch.count_nonzero(grad) == 0 and float(loss.detach()) == 0.0
+    with torch.no_grad():
+        guidance.fake_unet.conv_out.bias.add_(0.1)  # the fake score drifts: the gradient appears
+    _, grad = guidance.dmd_loss(latents, cond, uncond)
+    assert torch.count_nonzero(grad) > 0
+
+
+def test_cfg_with_guidance_one_is_the_conditional_prediction(tiny_config):
+    run = compose(["experiment=quickstart_stage2", "train.init_from=unused"])
+    torch.manual_seed(0)
+    guidance = Guidance(tiny_config.generator, run.dmd)
+    noisy, t = torch.randn(2, 4, 16, 16), torch.tensor([500, 20])
+    cond, uncond = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    conditional = guidance.real_unet(noisy, t, encoder_hidden_states=cond).sample
+    assert torch.allclose(guidance.predict_eps(guidance.real_unet, noisy, t, cond, uncond, guidance=1.0), conditional, atol=1e-5)
+    guided = guidance.predict_eps(guidance.real_unet, noisy, t, cond, uncond, guidance=1.75)
+    unconditional = guidance.real_unet(noisy, t, encoder_hidden_states=uncond).sample
+    assert torch.allclose(guided, unconditional + 1.75 * (conditional - unconditional), atol=1e-5)
+
+
+def test_x0_formula_inverts_the_forward_process(tiny_config):
+    run = compose(["experiment=quickstart_stage2", "train.init_from=unused"])
+    guidance = Guidance(tiny_config.generator, run.dmd)
+    x, noise, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([20, 500, 999])
+    assert torch.allclose(guidance.x0(guidance.add_noise(x, noise, t), noise, t).float(), x, atol=1e-4)
+
+
+def test_kill_and_resume_matches(stage1_checkpoint, tmp_path):
+    common = ["train.checkpoint_every=6"]
+    train(stage2(stage1_checkpoint, *common, "train.max_steps=12"), tmp_path / "straight")
+    train(stage2(stage1_checkpoint, *common, "train.max_steps=6"), tmp_path / "resumed")
+    train(stage2(stage1_checkpoint, *common, "train.max_steps=12", "train.resume=latest"), tmp_path / "resumed")
+    for name in ("model.safetensors", "guidance.safetensors"):
+        a, b = (load_file(tmp_path / run / "checkpoints" / "step_0000012" / name) for run in ("straight", "resumed"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    logs = [[json.loads(line) for line in (tmp_path / run / "logs" / "train_rank0.jsonl").read_text().splitlines()] for run in ("straight", "resumed")]
+    assert logs[0] == logs[1]
