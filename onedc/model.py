@@ -244,6 +244,15 @@ class OneDC(nn.Module):
         data = bitstream.write(Header(identity, height, width), out["strings"]["y"][0], out["strings"]["z"][0])
         return data, LatentReconstruction(out["y_hat"], out["c"], height, width, identity)
 
+    @torch.no_grad()
+    def estimate_bits(self, image: torch.Tensor) -> dict[str, float]:
+        """The entropy model's estimate for one image (3, H, W) in [-1, 1]: {"y": bits from the
+        likelihoods (eval mode: hard rounding), "z": the fixed 14 bits per position}; the file
+        adds its container and the coder's overhead."""
+        x = pad_to_multiple(_check_image(image).to(self.device), self.config.image_multiple)
+        out = self.codec(x, self.encode_latent(x))
+        return {"y": float(out["bits"]["y"][0]), "z": float(out["bits"]["z"][0])}
+
     def compress(self, image: torch.Tensor) -> bytes:
         """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> the bytes of a onedc file."""
         return self.encode(image)[0]

@@ -7,29 +7,12 @@ image of `--size` (WxH). Example: python scripts/bench_codec.py --model onedc_ti
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from onedc import OneDC, load_model_config
+from onedc.eval.complexity import timed
 from onedc.model import pad_to_multiple
-
-
-def timed(fn, repeat: int, device: torch.device) -> tuple[float, object]:
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    result = fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        sync()
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def main() -> None:

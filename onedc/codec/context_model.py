@@ -130,7 +130,7 @@ class QuadtreeContextModel(nn.Module):
             q = torch.zeros_like(means)
             selected = mask.bool()
             for b, reader in enumerate(readers):
-                q[b][selected] = reader.read(scales[b][selected], max_symbol).to(q.dtype)
+                q[b][selected] = reader.read(scales[b][selected], max_symbol).to(q.device, q.dtype)
             return q
 
         return self.run(features, code_step)

@@ -15,7 +15,9 @@ the sums differs. We remove the order dependence instead of hoping for equal ker
 LeakyReLU, PixelShuffle, concatenation, chunking, masking and residual additions are exact or
 correctly rounded IEEE operations, so the whole network gives bit-identical outputs
 everywhere. The cost: weights lose precision below 2^-Fw (about 1e-6), which changes the
-entropy parameters by far less than matters for the rate. Runs on the CPU.
+entropy parameters by far less than matters for the rate. Runs on the CPU or on a CUDA device
+(float64, cuDNN off: its FFT and Winograd algorithms are not plain sums; the im2col + GEMM path
+is, and a sum of exact terms below 2^53 is exact in any order).
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class ExactConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = to_grid(x.clamp(-self.act_bound, self.act_bound), self.frac_bits)
-        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        with torch.backends.cudnn.flags(enabled=False):
+            out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return to_grid(out, self.frac_bits)
 
 
@@ -84,16 +87,16 @@ class ExactLeakyReLU(nn.Module):
 _EXACT_AS_IS = (nn.PixelShuffle, nn.Identity)
 
 
-def exact_copy(module: nn.Module, cfg: ExactConfig) -> nn.Module:
-    """A CPU float64 copy of `module` with every Conv2d and LeakyReLU made exact.
+def exact_copy(module: nn.Module, cfg: ExactConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """A float64 copy of `module` on `device` with every Conv2d and LeakyReLU made exact.
 
     Only convolutions, LeakyReLUs and parameter-free rearrangements may appear as leaves;
     anything else (normalisation, attention, ...) raises ConfigError, because it cannot be
     evaluated reproducibly. The module's own forward code is reused unchanged.
     """
     clone = copy.deepcopy(module).to("cpu", torch.float64).eval().requires_grad_(False)
-    _swap_leaves(clone, cfg)
-    return clone
+    _swap_leaves(clone, cfg)  # weight grids are chosen on the CPU
+    return clone.to(device)
 
 
 def _swap_leaves(parent: nn.Module, cfg: ExactConfig) -> None:

@@ -10,7 +10,7 @@ x (B, 3, H, W) in [-1, 1], H and W multiples of 64; x_lat (B, 4, H/8, W/8)
 Bit-exactness: the decoder rebuilds z_hat from the transmitted indices, and the encoder
 derives every entropy parameter from that same z_hat and from the y_hat the decoder will
 reconstruct. Both run the hyper-decoder trunk and the context model through `exact_copy`
-(CPU, float64 fixed point), so any machine decodes the same y_hat from the same file.
+(float64 fixed point, on the codec's device), so any machine decodes the same y_hat from the same file.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class LatentCodec(nn.Module):
         fingerprint = self.weights_fingerprint()
         if self._exact is None or self._exact[0] != fingerprint:
             modules = nn.ModuleDict({"h_dec": self.h_dec, "context": self.context})
-            self._exact = (fingerprint, exact_copy(modules, self.cfg.entropy.exact))
+            self._exact = (fingerprint, exact_copy(modules, self.cfg.entropy.exact, next(self.parameters()).device))
         return self._exact[1]
 
     def _semantic(self, indices: torch.Tensor) -> torch.Tensor:
@@ -98,10 +98,8 @@ class LatentCodec(nn.Module):
         y, sem = self.g_a(x, x_lat)
         _, indices = self.fsq(self.h_enc(y, sem))
         exact = self._exact_entropy_model()
-        _, features = exact["h_dec"](self.fsq.codes(indices).to("cpu", torch.float64))
-        y_strings, y_hat = exact["context"].compress(
-            y.to("cpu", torch.float64), features, self.coder, self.cfg.entropy.max_symbol
-        )
+        _, features = exact["h_dec"](self.fsq.codes(indices).double())
+        y_strings, y_hat = exact["context"].compress(y.double(), features, self.coder, self.cfg.entropy.max_symbol)
         z_strings = [pack_fixed_width(i.cpu().numpy(), self.fsq.bits) for i in indices]
         return {
             "strings": {"y": y_strings, "z": z_strings},
@@ -122,6 +120,6 @@ class LatentCodec(nn.Module):
             raise BitstreamError("corrupt z stream: index beyond the FSQ codebook")
         indices = indices.to(device)
         exact = self._exact_entropy_model()
-        _, features = exact["h_dec"](self.fsq.codes(indices).to("cpu", torch.float64))
+        _, features = exact["h_dec"](self.fsq.codes(indices).double())
         y_hat = exact["context"].decompress(strings["y"], features, self.coder, self.cfg.entropy.max_symbol)
         return {"y_hat": y_hat.to(device, torch.float32), "c": self._semantic(indices)}

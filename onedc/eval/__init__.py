@@ -1,0 +1,1 @@
+"""Evaluation tools: BD-rate and the published baseline rate-quality curves."""

@@ -1,0 +1,171 @@
+"""`onedc-eval`: the paper's evaluation from the command line.
+
+    onedc-eval run --checkpoint RUN/lmbda*/checkpoints/best --dataset kodak_crop512 --root /data/kodak
+    onedc-eval bdrate --dataset mscoco30k --anchor OneDC [--results out/mscoco30k/results.json] [--json F]
+    onedc-eval report --dir out/kodak_crop512           # rewrite the reports from the summaries
+    onedc-eval complexity --checkpoint CKPT --device cuda --sizes 512 1024
+    onedc-eval list                                     # settings, datasets, shipped baselines
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from ..errors import OneDCError
+
+DATASET_HELP = ("a setting: kodak, kodak_crop512, clic2020, clic2020_crop768, div2k, mscoco30k, "
+                "or folder (any image folder, full resolution or --crop S)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onedc-eval", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="evaluate checkpoints (one rate point each) on a dataset setting")
+    run.add_argument("--checkpoint", nargs="*", default=[], help="checkpoint folders (ours or imported); none: the untrained --model")
+    run.add_argument("--model", default="onedc_tiny", help="config of the untrained model used without --checkpoint")
+    run.add_argument("--dataset", required=True, help=DATASET_HELP)
+    run.add_argument("--root", required=True, help="the dataset's folder")
+    run.add_argument("--file-list", help="image list (required for mscoco30k; optional for folder)")
+    run.add_argument("--crop", type=int, help="folder only: resize & center-crop to this size")
+    run.add_argument("--fid-patch", type=int, default=256, help="folder only: FID/KID patch size (0: no FID)")
+    run.add_argument("--out", default="outputs/eval", help="output root (one folder per setting)")
+    run.add_argument("--name", default="onedc (ours)", help="name of our curve in tables and plots")
+    run.add_argument("--metrics", default="psnr,ms-ssim,lpips,dists,fid", help="comma-separated subset")
+    run.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    run.add_argument("--precision", choices=("bf16", "fp32"), help="VAE and generator (default: bf16 on a GPU, else fp32)")
+    run.add_argument("--allow-partial", action="store_true", help="evaluate an incomplete dataset (with a warning)")
+    run.add_argument("--limit", type=int, help="only the first N images (quick checks)")
+    run.add_argument("--show", type=int, default=4, help="side-by-side crops in the HTML report")
+    run.add_argument("--weights", action="append", default=[], metavar="NAME=PATH", help="external weight location")
+
+    bd = sub.add_parser("bdrate", help="BD-rate of the shipped baselines (and our results) against an anchor")
+    bd.add_argument("--dataset", required=True, help="baseline folder: " + DATASET_HELP.split(": ", 1)[1].split(", or")[0])
+    bd.add_argument("--anchor", default="OneDC")
+    bd.add_argument("--results", nargs="*", default=[], help="our results.json files")
+    bd.add_argument("--method", default="cubic", choices=("cubic", "pchip", "akima"))
+    bd.add_argument("--metrics", help="comma-separated (default: LPIPS, DISTS, FID where the anchor has them)")
+    bd.add_argument("--json", help="also write the table as JSON")
+
+    report = sub.add_parser("report", help="rewrite results.json, tables, plots and HTML of an evaluated setting")
+    report.add_argument("--dir", required=True, help="the setting's output folder, e.g. outputs/eval/kodak")
+    report.add_argument("--name", default="onedc (ours)")
+
+    cx = sub.add_parser("complexity", help="parameters, encode/decode time and decode memory (Table A layout)")
+    cx.add_argument("--checkpoint", help="checkpoint folder; none: the untrained --model")
+    cx.add_argument("--model", default="onedc_sd15")
+    cx.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square image sides (Table A: 1024)")
+    cx.add_argument("--repeat", type=int, default=5)
+    cx.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    cx.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    cx.add_argument("--json", help="also write the measurement as JSON")
+    cx.add_argument("--weights", action="append", default=[], metavar="NAME=PATH")
+
+    sub.add_parser("list", help="settings, their protocols and the shipped baselines")
+    return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _load(checkpoint: str | None, model: str, weights: dict, device: str):
+    from .. import weights as external
+    from ..config import load_model_config
+    from ..model import OneDC
+
+    if checkpoint:
+        return external.load_pretrained(checkpoint, weights).to(device).eval()
+    warnings.warn(f"no --checkpoint: evaluating the untrained, seeded {model} (its numbers mean nothing)", stacklevel=2)
+    return OneDC.untrained(load_model_config(model)).to(device).eval()
+
+
+def _setting(args):
+    from .datasets import SETTINGS, Setting
+    from .metrics import Protocol
+
+    if args.dataset == "folder":
+        protocols = (Protocol(f"fid{args.fid_patch}", args.fid_patch, 2, "folder: grid plus the half-patch-shifted grid"),) if args.fid_patch else ()
+        return Setting("folder" if args.crop is None else f"folder_crop{args.crop}", "folder", args.crop, protocols)
+    if args.dataset not in SETTINGS:
+        raise OneDCError(f"unknown dataset setting {args.dataset!r}; {DATASET_HELP}")
+    return SETTINGS[args.dataset]
+
+
+def _run(args) -> int:
+    from .. import weights as external
+    from .datasets import load_dataset
+    from .runner import MetricSuite, evaluate
+
+    weights = external.load_weight_paths(args.weights)
+    setting = _setting(args)
+    paths = load_dataset(setting.dataset, args.root, args.file_list, allow_partial=args.allow_partial)
+    if args.limit:
+        paths = paths[: args.limit]
+    suite = MetricSuite.build(setting, tuple(m.strip() for m in args.metrics.split(",") if m.strip()), weights, args.device)
+    models = [(_load(c, args.model, weights, args.device), c) for c in args.checkpoint] or [(_load(None, args.model, weights, args.device), None)]
+    precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    written = evaluate(models, setting, paths, Path(args.out), suite, args.name, args.show, precision=precision)
+    print((Path(args.out) / setting.name / "report.md").read_text())
+    print("written: " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
+def _complexity(args) -> int:
+    from .. import weights as external
+    from .complexity import format_table_a, measure
+
+    weights = external.load_weight_paths(args.weights)
+    model = _load(args.checkpoint, args.model, weights, args.device)
+    measured = measure(model, args.sizes, args.repeat, args.precision)
+    print(format_table_a(measured))
+    print(json.dumps(measured))
+    if args.json:
+        Path(args.json).write_text(json.dumps(measured, indent=1) + "\n")
+    return 0
+
+
+def _list() -> int:
+    from . import baselines
+    from .datasets import DATASETS, SETTINGS
+
+    for s in SETTINGS.values():
+        fid = ", ".join(f"{p.name} ({p.patch or 'whole'}/{p.split})" for p in s.protocols) or "no FID/KID"
+        shipped = ", ".join(baselines.methods(s.name)) if s.name in baselines.datasets() else "none"
+        print(f"{s.name:<18} {DATASETS[s.dataset].count or 'any':>5} images, {s.note}; {fid}; baselines: {shipped}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "bdrate":
+            from .bd_rate import bdrate_command
+
+            metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+            print(bdrate_command(args.dataset, args.anchor, args.results, args.method, args.json, metrics))
+            return 0
+        if args.command == "report":
+            from .runner import write_reports
+
+            for path in write_reports(Path(args.dir), args.name).values():
+                print(path)
+            return 0
+        if args.command == "complexity":
+            return _complexity(args)
+        return _list()
+    except OneDCError as error:
+        print(f"onedc-eval: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

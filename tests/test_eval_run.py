@@ -1,0 +1,133 @@
+"""End to end: `onedc-eval` on tiny checkpoints over the scikit-image photos writes every report,
+resumes without recomputing, and the complexity table comes out in Table A's layout."""
+
+import json
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+from torch import nn
+
+from onedc import OneDC
+from onedc.eval.cli import main
+from onedc.eval.datasets import Setting
+from onedc.eval.metrics import DISTSMetric, DistributionMetrics, LPIPSAlex, Protocol
+from onedc.eval.runner import MetricSuite, evaluate
+from onedc.image_io import to_uint8
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_config, tmp_path_factory):
+    """Two rate points of the tiny model (the second's generator perturbed, so they differ)."""
+    root = tmp_path_factory.mktemp("ckpt")
+    paths = []
+    for lmbda, noise in ((0.6, 0.0), (4.6, 0.02)):
+        model = OneDC.untrained(tiny_config)
+        model.lmbda = lmbda
+        with torch.no_grad():
+            for p in model.generator.parameters():
+                p.add_(torch.randn_like(p) * noise)
+        model.save_pretrained(root / f"lmbda{lmbda}")
+        paths.append(str(root / f"lmbda{lmbda}"))
+    return paths
+
+
+class TinyFeatures(nn.Module):
+    """An injected FID/KID backbone: uint8 patches -> 16-d features."""
+
+    num_features = 16
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 5, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.net(x.float() / 255)
+
+
+def test_evaluation_writes_every_report_and_resumes(photo_folder, checkpoints, tmp_path):
+    from onedc.weights import load_pretrained
+
+    # the Table G setting (baselines, BD-rate) on 128 px crops of the photos, FID on 64 px patches
+    setting = Setting("kodak_crop512", "folder", 128, (Protocol("fid64", 64, 2),))
+    suite = MetricSuite(("psnr", "ms-ssim", "lpips", "dists", "fid"), LPIPSAlex.from_random(0), DISTSMetric.from_random(0),
+                        [DistributionMetrics(setting.protocols[0], feature_extractor=TinyFeatures(), kid_subset_size=50)])
+    models = [(load_pretrained(c), c) for c in checkpoints]
+    images = sorted(photo_folder.glob("*.png"))
+    written = evaluate(models, setting, images, tmp_path, suite, progress=False)
+    out = tmp_path / "kodak_crop512"
+    assert {p.name for p in written.values()} == {"results.json", "rd.png", "rd.pdf", "bdrate.md", "report.md", "report.html"}
+    assert all(p.stat().st_size > 0 for p in written.values())
+
+    summary = json.loads((out / "lmbda0.6" / "summary.json").read_text())
+    assert summary["images"] == 4 and summary["patches"] == 4 * (4 + 1)  # 128 px crops: 4 + 1 patches of 64
+    for key in ("bpp", "bpp_estimated", "psnr", "lpips", "dists", "fid", "kid"):
+        assert summary[key] is not None and summary[key] == summary[key], key
+    assert summary["ms-ssim"] is None  # 128 px is too small for 5 scales: recorded in the notes
+    record = json.loads((out / "lmbda0.6" / "per_image" / "coffee.json").read_text())
+    assert record["bytes"] == (out / "lmbda0.6" / "files" / "coffee.onedc").stat().st_size
+    assert record["bpp"] == pytest.approx(8 * record["bytes"] / (128 * 128))
+    assert any("MS-SSIM" in n or "160" in n for n in record["notes"])
+    # the decoded file is the reconstruction that was measured
+    rec = np.array(Image.open(out / "lmbda0.6" / "recon" / "coffee.png"))
+    x_hat = models[0][0].decompress((out / "lmbda0.6" / "files" / "coffee.onedc").read_bytes())
+    assert np.array_equal(rec, to_uint8(x_hat))
+
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["results"]["bpp"]) == 2 and results["results"]["bpp"] == sorted(results["results"]["bpp"])
+    assert sorted(results["meta"]["rate_points"]) == ["lmbda0.6", "lmbda4.6"] and "fid" in results["results"]
+    report = (out / "report.md").read_text()
+    assert "DDCM" in report and "onedc (ours)" in report and "Table G" in report
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 1 + 2 * 4 and "BD-rate" in html
+
+    # a rerun finds every image done: the codec is not called again
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("per_image/*.json")}
+    for model, _ in models:
+        model.compress = None  # would raise if used
+    evaluate(models, setting, images, tmp_path, suite, progress=False)
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("per_image/*.json")}
+
+
+def test_command_line_run_bdrate_report_and_complexity(photo_folder, checkpoints, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["run", "--checkpoint", *checkpoints, "--dataset", "folder", "--root", str(photo_folder), "--crop", "192",
+            "--metrics", "psnr,ms-ssim", "--out", str(out), "--device", "cpu", "--limit", "2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| onedc (ours) |" in printed and (out / "folder_crop192" / "report.html").is_file()
+    assert (out / "crops192" / "manifest.json").is_file()
+
+    assert main(["bdrate", "--dataset", "mscoco30k", "--anchor", "OneDC", "--json", str(tmp_path / "bd.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "| OneDC | 0.0% | 0.0% | 0.0% |" in printed and "MS-ILLM" in printed
+    assert json.loads((tmp_path / "bd.json").read_text())["anchor"] == "OneDC"
+
+    assert main(["report", "--dir", str(out / "folder_crop192")]) == 0
+    assert main(["complexity", "--model", "onedc_tiny", "--sizes", "64", "--repeat", "1", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "| Model | Params | Enc. time (s) | Dec. time (s)" in printed and "| onedc (onedc_tiny) |" in printed
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert main(["run", "--dataset", "kodak", "--root", str(tmp_path / "nowhere"), "--metrics", "psnr"]) == 1
+    assert "kodim01.png" in capsys.readouterr().err
+    assert main(["run", "--dataset", "imagenet", "--root", str(tmp_path), "--metrics", "psnr"]) == 1
+    assert "unknown dataset setting" in capsys.readouterr().err
+    assert main(["bdrate", "--dataset", "nope"]) == 1
+    assert "mscoco30k" in capsys.readouterr().err
+    assert main(["report", "--dir", str(tmp_path)]) == 1
+    assert "onedc-eval run" in capsys.readouterr().err
