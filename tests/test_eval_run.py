@@ -117,7 +117,8 @@ def test_command_line_run_bdrate_report_and_complexity(photo_folder, checkpoints
     assert json.loads((tmp_path / "bd.json").read_text())["anchor"] == "OneDC"
 
     assert main(["report", "--dir", str(out / "folder_crop192")]) == 0
-    assert main(["complexity", "--model", "onedc_tiny", "--sizes", "64", "--repeat", "1", "--device", "cpu"]) == 0
+    with pytest.warns(UserWarning, match="untrained"):
+        assert main(["complexity", "--model", "onedc_tiny", "--sizes", "64", "--repeat", "1", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "| Model | Params | Enc. time (s) | Dec. time (s)" in printed and "| onedc (onedc_tiny) |" in printed
 

@@ -108,3 +108,14 @@ def test_kill_and_resume_matches(stage1_checkpoint, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     logs = [[json.loads(line) for line in (tmp_path / run / "logs" / "train_rank0.jsonl").read_text().splitlines()] for run in ("straight", "resumed")]
     assert logs[0] == logs[1]
+
+
+def test_a_missing_stage1_checkpoint_is_trained_first(tmp_path):
+    """quickstart_stage2 without the quickstart's checkpoint: the bootstrap Stage I run makes it."""
+    init = tmp_path / "stage1" / "checkpoints" / "best"
+    run = stage2(init, "train.max_steps=2", "train.checkpoint_every=2")
+    assert run.dmd.bootstrap == ["experiment=quickstart"]
+    run.dmd.bootstrap = STAGE1
+    state = train(run, tmp_path / "stage2")
+    assert (init / "model.safetensors").is_file() and state["step"] == 2
+    assert (tmp_path / "stage2" / "checkpoints" / "step_0000002" / "guidance.safetensors").is_file()

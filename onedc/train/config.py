@@ -102,7 +102,7 @@ class DMDConfig:
     gan_guidance_weight: float = MISSING
     guidance_lr: float = MISSING
     real_score_bf16: bool = MISSING
-    bootstrap: Optional[str] = None  # experiment to train first when train.init_from does not exist yet
+    bootstrap: Optional[list[str]] = None  # Stage I overrides to train first when train.init_from does not exist yet
     init_guidance_from: Optional[str] = None  # an official Stage II training checkpoint's guidance
 
 

@@ -160,11 +160,14 @@ class Stage2Trainer(StageTrainer):
 
 
 def train(run: RunConfig, run_dir: Path) -> dict:
-    """Train Stage II into `run_dir`; a missing train.init_from is first produced by training
-    the `dmd.bootstrap` experiment (the tiny quickstart), if one is named."""
+    """Train Stage II into `run_dir`. A missing train.init_from (RUN/checkpoints/NAME) is first
+    produced by a Stage I run into RUN with the `dmd.bootstrap` overrides, if there are any
+    (quickstart_stage2: the tiny quickstart)."""
     init = Path(run.train.init_from)
     if not init.exists() and run.dmd.bootstrap:
         from .stage1 import train as train_stage1
 
-        train_stage1(compose([f"experiment={run.dmd.bootstrap}"]), init.parents[1])
+        train_stage1(compose(list(run.dmd.bootstrap)), init.parents[1])
+        if not init.exists():
+            raise CheckpointError(f"the bootstrap Stage I run ({' '.join(run.dmd.bootstrap)}) did not write {init}")
     return Stage2Trainer(run, run_dir).train()
