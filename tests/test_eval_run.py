@@ -65,30 +65,31 @@ def test_evaluation_writes_every_report_and_resumes(photo_folder, checkpoints, t
     setting = Setting("kodak_crop512", "folder", 128, (Protocol("fid64", 64, 2),))
     suite = MetricSuite(("psnr", "ms-ssim", "lpips", "dists", "fid"), LPIPSAlex.from_random(0), DISTSMetric.from_random(0),
                         [DistributionMetrics(setting.protocols[0], feature_extractor=TinyFeatures(), kid_subset_size=50)])
-    models = [(load_pretrained(c), c) for c in checkpoints]
+    models = [load_pretrained(c) for c in checkpoints]
     images = sorted(photo_folder.glob("*.png"))
     written = evaluate(models, setting, images, tmp_path, suite, progress=False)
     out = tmp_path / "kodak_crop512"
     assert {p.name for p in written.values()} == {"results.json", "rd.png", "rd.pdf", "bdrate.md", "report.md", "report.html"}
+    low = next((out / "onedc_ours").glob("lmbda0.6_*"))  # curve / rate point (lambda and weights digest)
     assert all(p.stat().st_size > 0 for p in written.values())
 
-    summary = json.loads((out / "lmbda0.6" / "summary.json").read_text())
+    summary = json.loads((low / "summary.json").read_text())
     assert summary["images"] == 4 and summary["patches"] == 4 * (4 + 1)  # 128 px crops: 4 + 1 patches of 64
     for key in ("bpp", "bpp_estimated", "psnr", "lpips", "dists", "fid", "kid"):
         assert summary[key] is not None and summary[key] == summary[key], key
     assert summary["ms-ssim"] is None  # 128 px is too small for 5 scales: recorded in the notes
-    record = json.loads((out / "lmbda0.6" / "per_image" / "coffee.json").read_text())
-    assert record["bytes"] == (out / "lmbda0.6" / "files" / "coffee.onedc").stat().st_size
+    record = json.loads((low / "per_image" / "coffee.json").read_text())
+    assert record["bytes"] == (low / "files" / "coffee.onedc").stat().st_size
     assert record["bpp"] == pytest.approx(8 * record["bytes"] / (128 * 128))
     assert any("MS-SSIM" in n or "160" in n for n in record["notes"])
     # the decoded file is the reconstruction that was measured
-    rec = np.array(Image.open(out / "lmbda0.6" / "recon" / "coffee.png"))
-    x_hat = models[0][0].decompress((out / "lmbda0.6" / "files" / "coffee.onedc").read_bytes())
+    rec = np.array(Image.open(low / "recon" / "coffee.png"))
+    x_hat = models[0].decompress((low / "files" / "coffee.onedc").read_bytes())
     assert np.array_equal(rec, to_uint8(x_hat))
 
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "onedc_ours" / "results.json").read_text())
     assert len(results["results"]["bpp"]) == 2 and results["results"]["bpp"] == sorted(results["results"]["bpp"])
-    assert sorted(results["meta"]["rate_points"]) == ["lmbda0.6", "lmbda4.6"] and "fid" in results["results"]
+    assert sorted(r.split("_")[0] for r in results["meta"]["rate_points"]) == ["lmbda0.6", "lmbda4.6"] and "fid" in results["results"]
     report = (out / "report.md").read_text()
     assert "DDCM" in report and "onedc (ours)" in report and "Table G" in report
     html = (out / "report.html").read_text()
@@ -96,7 +97,7 @@ def test_evaluation_writes_every_report_and_resumes(photo_folder, checkpoints, t
 
     # a rerun finds every image done: the codec is not called again
     before = {p: p.stat().st_mtime_ns for p in out.rglob("per_image/*.json")}
-    for model, _ in models:
+    for model in models:
         model.compress = None  # would raise if used
     evaluate(models, setting, images, tmp_path, suite, progress=False)
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("per_image/*.json")}
@@ -109,6 +110,9 @@ def test_command_line_run_bdrate_report_and_complexity(photo_folder, checkpoints
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| onedc (ours) |" in printed and (out / "folder_crop192" / "report.html").is_file()
+    # a second curve (another model family) joins the same report
+    assert main(["run", "--checkpoint", checkpoints[0], *args[4:], "--name", "stage2"]) == 0
+    assert "| stage2 |" in capsys.readouterr().out
     assert (out / "crops192" / "manifest.json").is_file()
 
     assert main(["bdrate", "--dataset", "mscoco30k", "--anchor", "OneDC", "--json", str(tmp_path / "bd.json")]) == 0

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--crop", type=int, help="folder only: resize & center-crop to this size")
     run.add_argument("--fid-patch", type=int, default=256, help="folder only: FID/KID patch size (0: no FID)")
     run.add_argument("--out", default="outputs/eval", help="output root (one folder per setting)")
-    run.add_argument("--name", default="onedc (ours)", help="name of our curve in tables and plots")
+    run.add_argument("--name", default="onedc (ours)", help="the curve these checkpoints belong to (e.g. stage1, stage2)")
     run.add_argument("--metrics", default="psnr,ms-ssim,lpips,dists,fid", help="comma-separated subset")
     run.add_argument("--device", default="cuda" if _cuda() else "cpu")
     run.add_argument("--precision", choices=("bf16", "fp32"), help="VAE and generator (default: bf16 on a GPU, else fp32)")
@@ -53,7 +53,6 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rewrite results.json, tables, plots and HTML of an evaluated setting")
     report.add_argument("--dir", required=True, help="the setting's output folder, e.g. outputs/eval/kodak")
-    report.add_argument("--name", default="onedc (ours)")
 
     cx = sub.add_parser("complexity", help="parameters, encode/decode time and decode memory (Table A layout)")
     cx.add_argument("--checkpoint", help="checkpoint folder; none: the untrained --model")
@@ -109,10 +108,10 @@ def _run(args) -> int:
     if args.limit:
         paths = paths[: args.limit]
     suite = MetricSuite.build(setting, tuple(m.strip() for m in args.metrics.split(",") if m.strip()), weights, args.device)
-    models = [(_load(c, args.model, weights, args.device), c) for c in args.checkpoint] or [(_load(None, args.model, weights, args.device), None)]
+    models = [_load(c, args.model, weights, args.device) for c in args.checkpoint or [None]]
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     written = evaluate(models, setting, paths, Path(args.out), suite, args.name, args.show, precision=precision)
-    print((Path(args.out) / setting.name / "report.md").read_text())
+    print(written["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
     return 0
 
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from .runner import write_reports
 
-            for path in write_reports(Path(args.dir), args.name).values():
+            for path in write_reports(Path(args.dir)).values():
                 print(path)
             return 0
         if args.command == "complexity":

@@ -7,9 +7,12 @@ pixels), the entropy model's estimated bpp, PSNR, MS-SSIM, LPIPS and DISTS, reco
 Then FID/KID over the patches of all reconstructions (from the PNGs) for each protocol of the
 setting, and `summary.json` (means over images). Layout under `out/<setting>/`:
 
-    <rate point>/files, recon, per_image, summary.json     one folder per checkpoint
-    results.json        our curve (CompressAI results schema; input of `onedc-eval bdrate`)
-    report.md, rd.png, rd.pdf, bdrate.md, report.html      against the shipped baselines
+    <curve>/<rate point>/files, recon, per_image, summary.json   one folder per model
+    <curve>/results.json  a curve (CompressAI results schema; input of `onedc-eval bdrate`)
+    report.md, rd.png, rd.pdf, bdrate.md, report.html      all curves against the baselines
+
+A curve is what `--name` names (e.g. "stage1", "stage2"); a rate point is one model, named by
+its λ and weights digest, so models never overwrite each other's results.
 """
 
 from __future__ import annotations
@@ -78,10 +81,11 @@ def setting_images(setting: Setting, paths: list[Path], out: Path) -> list[Path]
     return prepare_crops(paths, setting.crop, out / f"crops{setting.crop}")
 
 
-def rate_point_name(model: OneDC, checkpoint: str | None) -> str:
-    if model.lmbda is not None:
-        return f"lmbda{model.lmbda:g}"
-    return Path(checkpoint).name if checkpoint else "untrained"
+def rate_point_name(model: OneDC) -> str:
+    """One folder per model: its λ (or "untrained") and its weights digest."""
+    identity = model.identity
+    rate = "untrained" if identity.lmbda is None else f"lmbda{identity.lmbda:g}"
+    return f"{rate}_{identity.digest.hex()}"
 
 
 def _png(u8: torch.Tensor) -> bytes:
@@ -95,8 +99,8 @@ def _write_json(path: Path, data) -> None:
         tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
-def evaluate_rate_point(model: OneDC, images: list[Path], folder: Path, suite: MetricSuite, progress: bool = True,
-                        precision: str = "fp32") -> dict:
+def evaluate_rate_point(model: OneDC, images: list[Path], folder: Path, suite: MetricSuite, curve_name: str,
+                        progress: bool = True, precision: str = "fp32") -> dict:
     """Evaluate one model on `images` into `folder`; returns (and writes) the summary.
     precision "bf16": the VAE and the generator under bf16 autocast, as the official inference
     (the entropy networks are exact either way)."""
@@ -117,7 +121,8 @@ def evaluate_rate_point(model: OneDC, images: list[Path], folder: Path, suite: M
         rec, _ = load_u8(recon_path)
         for d in suite.distribution:
             d.update(ref, rec)
-    summary = {"rate_point": folder.name, "model": identity, "lmbda": model.lmbda, "images": len(records), "precision": precision}
+    summary = {"curve": curve_name, "rate_point": folder.name, "model": identity, "lmbda": model.lmbda, "images": len(records),
+               "precision": precision}
     for key in MEANS:
         values = [r[key] for r in records if r.get(key) is not None and not math.isnan(r[key])]
         summary[key] = sum(values) / len(values) if values else None
@@ -172,30 +177,35 @@ def _measure(model: OneDC, path: Path, ref: torch.Tensor, notes: list[str], fold
     return record
 
 
-def curve(setting_dir: Path, name: str) -> dict:
-    """Our curve from every `*/summary.json` under `setting_dir`, sorted by bpp."""
-    summaries = sorted((json.loads(p.read_text()) for p in setting_dir.glob("*/summary.json")), key=lambda s: s["bpp"])
+def curve(curve_dir: Path) -> dict:
+    """The curve of every `*/summary.json` under `curve_dir`, sorted by bpp."""
+    summaries = sorted((json.loads(p.read_text()) for p in curve_dir.glob("*/summary.json")), key=lambda s: s["bpp"])
     keys = ["bpp", "bpp_estimated", "psnr", "ms-ssim", "lpips", "dists", "fid", "kid"]
     results = {k: [s.get(k) for s in summaries] for k in keys if any(s.get(k) is not None for s in summaries)}
-    return {"name": name, "description": "onedc-eval: bpp from the real file sizes; per-image metrics averaged over images",
-            "meta": {"setting": setting_dir.name, "rate_points": [s["rate_point"] for s in summaries],
+    return {"name": summaries[0]["curve"] if summaries else curve_dir.name,
+            "description": "onedc-eval: bpp from the real file sizes; per-image metrics averaged over images",
+            "meta": {"setting": curve_dir.parent.name, "rate_points": [s["rate_point"] for s in summaries],
                      "models": [s["model"] for s in summaries], "metrics": summaries[0]["metrics"] if summaries else None},
             "results": results}
 
 
-def write_reports(setting_dir: Path, name: str, show: int = 4, anchor: str = "OneDC") -> dict[str, Path]:
-    """results.json, report.md, rd.png/.pdf, bdrate.md and report.html (with `show` image
-    pairs of the lowest rate point) of `setting_dir`."""
+def write_reports(setting_dir: Path, show: int = 4, anchor: str = "OneDC") -> dict[str, Path]:
+    """Each curve's results.json, then report.md, rd.png/.pdf, bdrate.md and report.html of all
+    curves of `setting_dir` (with `show` image pairs of each curve's lowest rate point)."""
     setting = setting_dir.name
-    ours = curve(setting_dir, name)
-    if not ours["results"]:
-        raise OneDCError(f"{setting_dir}: no evaluated rate points (*/summary.json); run `onedc-eval run` first")
-    _write_json(setting_dir / "results.json", ours)
+    folders = sorted(p for p in setting_dir.iterdir() if p.is_dir() and any(p.glob("*/summary.json"))) if setting_dir.is_dir() else []
+    if not folders:
+        raise OneDCError(f"{setting_dir}: no evaluated rate points (<curve>/<rate point>/summary.json); run `onedc-eval run` first")
+    written, ours = {}, {}
+    for folder in folders:
+        data = curve(folder)
+        _write_json(folder / "results.json", data)
+        written[f"results {data['name']}"] = folder / "results.json"
+        ours[data["name"]] = (folder, data)
     published = {n: c for n, c in baselines.load_all(setting).items()} if setting in baselines.datasets() else {}
-    curves = {**published, name: ours}
-    title = f"{name} on {setting}" + (f" ({SETTINGS[setting].note})" if setting in SETTINGS else "")
-    plots = rd_plot(curves, [name], title, setting_dir / "rd")
-    written = {"results": setting_dir / "results.json"}
+    curves = {**published, **{name: data for name, (_, data) in ours.items()}}
+    title = f"{', '.join(ours)} on {setting}" + (f" ({SETTINGS[setting].note})" if setting in SETTINGS else "")
+    plots = rd_plot(curves, list(ours), title, setting_dir / "rd")
     written.update({p.suffix[1:]: p for p in plots})
     sections = {}
     if anchor in published:
@@ -205,8 +215,8 @@ def write_reports(setting_dir: Path, name: str, show: int = 4, anchor: str = "On
         with atomic_file(setting_dir / "bdrate.md") as tmp:
             tmp.write_text(text + "\n", encoding="utf-8")
         written["bdrate"], sections["BD-rate"] = setting_dir / "bdrate.md", text
-    if ours["meta"]["metrics"]:
-        sections["Metric settings"] = json.dumps(ours["meta"]["metrics"], indent=1)
+    for name, (_, data) in ours.items():
+        sections[f"Metric settings ({name})"] = json.dumps(data["meta"]["metrics"], indent=1)
     sources = sorted({c["meta"]["source"] for c in published.values()})
     md = f"# {title}\n\n" + markdown_table(curves) + (f"\nBaselines: {', '.join(sources)}.\n" if sources else "")
     if "BD-rate" in sections:
@@ -214,8 +224,8 @@ def write_reports(setting_dir: Path, name: str, show: int = 4, anchor: str = "On
     with atomic_file(setting_dir / "report.md") as tmp:
         tmp.write_text(md, encoding="utf-8")
     written["markdown"] = setting_dir / "report.md"
-    lowest = setting_dir / ours["meta"]["rate_points"][0]
-    html_report(setting_dir / "report.html", title, plots[0] if plots else None, curves, sections, comparisons(lowest, show))
+    pairs = [c for folder, data in ours.values() for c in comparisons(folder / data["meta"]["rate_points"][0], show)]
+    html_report(setting_dir / "report.html", title, plots[0] if plots else None, curves, sections, pairs)
     written["html"] = setting_dir / "report.html"
     return written
 
@@ -232,16 +242,17 @@ def comparisons(folder: Path, count: int, crop: int = 256) -> list[Comparison]:
         top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
         window = (slice(None), slice(top, top + crop), slice(left, left + crop))
         caption = ", ".join([f"{record['bpp']:.4f} bpp"] + [f"{k.upper()} {record[k]:.3f}" for k in ("lpips", "dists") if record.get(k) is not None])
-        out.append(Comparison(f"{record_path.stem} ({folder.name})", _png(ref[window].contiguous()), _png(rec[window].contiguous()), caption))
+        out.append(Comparison(f"{record_path.stem} ({folder.parent.name}, {folder.name})", _png(ref[window].contiguous()), _png(rec[window].contiguous()), caption))
     return out
 
 
-def evaluate(models: list[tuple[OneDC, str | None]], setting: Setting, paths: list[Path], out: Path, suite: MetricSuite,
+def evaluate(models: list[OneDC], setting: Setting, paths: list[Path], out: Path, suite: MetricSuite,
              name: str = "onedc (ours)", show: int = 4, progress: bool = True, precision: str = "fp32") -> dict[str, Path]:
-    """Evaluate each (model, checkpoint path) as one rate point of `setting` under `out`, then
-    write the reports; returns the report paths."""
+    """Evaluate each model as one rate point of curve `name` on `setting` under `out`, then
+    write the reports of the setting (all its curves); returns the report paths."""
     setting_dir = out / setting.name
     images = setting_images(setting, paths, out)
-    for model, checkpoint in models:
-        evaluate_rate_point(model, images, setting_dir / rate_point_name(model, checkpoint), suite, progress, precision)
-    return write_reports(setting_dir, name, show)
+    for model in models:
+        folder = setting_dir / baselines.slug(name) / rate_point_name(model)
+        evaluate_rate_point(model, images, folder, suite, name, progress, precision)
+    return write_reports(setting_dir, show)

@@ -68,8 +68,11 @@ class Stage2Trainer(StageTrainer):
         model = external.load_pretrained(t.init_from, run.weights)
         if model.config.name != run.model.name:
             accelerator.print(f"note: training {model.config.name} from {t.init_from} (model={run.model.name} ignored)")
-        if model.lmbda is not None:
-            t.lmbda = model.lmbda  # the rate point is the Stage I model's
+        if model.lmbda is not None:  # the rate point is the Stage I model's
+            if model.lmbda != t.lmbda:
+                accelerator.print(f"note: {t.init_from} is a lambda {model.lmbda:g} model; train.lmbda={t.lmbda:g} "
+                                  "(and a run folder named after it) does not change that")
+            t.lmbda = model.lmbda
         cfg = model.config
         with torch.random.fork_rng(devices=[]):  # the fake score starts as a copy of the real one
             torch.manual_seed(cfg.seed + 3)
