@@ -10,6 +10,14 @@ from pathlib import Path
 from typing import Iterator
 
 
+def default_mode(folder: bool = False) -> int:
+    """The permissions a plain open()/mkdir() would give under the current umask (tempfile's
+    0600/0700 would hide results and checkpoints from the other users of a shared cluster)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`."""
@@ -19,6 +27,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -32,6 +41,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, default_mode(folder=True))
     try:
         yield tmp
         for f in tmp.rglob("*"):

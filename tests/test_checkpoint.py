@@ -65,3 +65,22 @@ def test_bad_checkpoints_fail_with_clear_messages(tiny_model, tmp_path):
     (ckpt / "onedc.json").unlink()
     with pytest.raises(CheckpointError, match="onedc.json is missing"):
         OneDC.from_pretrained(ckpt)
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """Not tempfile's private 0600/0700: results and checkpoints are readable as plain writes are."""
+    import os
+    import stat
+
+    from onedc.atomic import atomic_directory, atomic_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "report.md") as tmp:
+            tmp.write_text("x")
+        with atomic_directory(tmp_path / "ckpt") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o755

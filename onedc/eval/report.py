@@ -79,23 +79,27 @@ def rd_plot(curves: dict[str, dict], ours: list[str], title: str, stem: Path) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metrics = [k for k in COLUMNS if k != "bpp" and any(_has(c, k) for c in curves.values())]
     if not metrics:
         return []
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-    baseline_colors = iter(f"C{i}" for i in range(100))
-    colors = {name: "black" if name in ours else next(baseline_colors) for name in curves}  # same in every panel
+    # same colour in every panel; ours in strong colours of their own, baselines in tab10 without red
+    ours_colors = iter(["black", "crimson", "darkorchid", "sienna", "teal", "olive"] * 10)
+    baseline_colors = iter([f"C{i}" for i in (0, 1, 2, 4, 6, 7, 8, 9)] * 10)
+    colors = {name: next(ours_colors) if name in ours else next(baseline_colors) for name in curves}
     for ax, key in zip(axes[0], metrics):
         for name, curve in curves.items():
             if not _has(curve, key):
                 continue
             points = sorted((b, v) for b, v in zip(curve["results"]["bpp"], curve["results"][key]) if v is not None)
             mine = name in ours
-            ax.plot(*zip(*points), marker="o", markersize=4 if mine else 3, linewidth=2.4 if mine else 1.1,
+            ax.plot(*zip(*points), marker="s" if mine else "o", markersize=5 if mine else 3, linewidth=2.4 if mine else 1.1,
                     zorder=3 if mine else 2, label=name, color=colors[name])
         label, _, lower = COLUMNS[key]
         ax.set_xlabel("bpp")
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_ylabel(f"{label} {'(lower is better)' if lower else '(higher is better)'}")
         ax.grid(alpha=0.3)
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}

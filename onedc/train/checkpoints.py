@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..atomic import default_mode
 from ..errors import CheckpointError
 
 STEP_PATTERN = re.compile(r"^step_(\d{7})$")
@@ -70,7 +71,9 @@ def read_trainer_state(folder: Path) -> dict:
 
 def new_temporary_folder(root: Path, step: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.tmp-", dir=root))
+    folder = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.tmp-", dir=root))
+    os.chmod(folder, default_mode(folder=True))
+    return folder
 
 
 def finish(temporary: Path, root: Path, step: int, state: dict, keep_last: int) -> Path:
