@@ -80,6 +80,11 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
+def to_uint8_tensor(x: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) in [-1, 1] -> uint8 (3, H, W) tensor on the CPU, rounded to nearest (what a PNG holds)."""
+    return torch.from_numpy(to_uint8(x)).permute(2, 0, 1).contiguous()
+
+
 def save_image(x: torch.Tensor, path: str | Path, format: str | None = None) -> None:
     """Write (3, H, W) in [-1, 1] as an 8-bit image; the format follows the suffix (PNG, ...)
     unless given."""

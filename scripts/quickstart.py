@@ -18,18 +18,13 @@ import torch
 from PIL import Image
 
 from onedc import OneDC, load_pretrained
-from onedc.image_io import load_image, save_image, to_uint8
+from onedc.eval.metrics import psnr
+from onedc.image_io import load_image, save_image, to_uint8_tensor
 from onedc.train.config import compose
 from onedc.train.stage1 import train
 
 PHOTOS = ("astronaut", "coffee", "rocket", "chelsea", "camera")
 HELD_OUT = {"chelsea", "camera"}  # the quickstart's validation photos, never trained on
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """PSNR in dB of two (3, H, W) images in [-1, 1], after rounding both to 8 bits."""
-    mse = ((torch.from_numpy(to_uint8(x)).float() - torch.from_numpy(to_uint8(y)).float()) ** 2).mean()
-    return float(10 * torch.log10(255**2 / mse))
 
 
 def evaluate(model: OneDC, images: dict[str, tuple[torch.Tensor, list[str]]], out: Path) -> dict[str, dict]:
@@ -49,7 +44,7 @@ def evaluate(model: OneDC, images: dict[str, tuple[torch.Tensor, list[str]]], ou
             "size": f"{w}x{h}",
             "bytes": len(data),
             "bpp": 8 * len(data) / (h * w),
-            "psnr": psnr(x, image),
+            "psnr": psnr(to_uint8_tensor(x), to_uint8_tensor(image)),
             "seconds": seconds,
             "exact": torch.equal(rec.y_hat, expected.y_hat) and image.shape == x.shape,
         }

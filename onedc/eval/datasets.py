@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..atomic import atomic_file
 from ..errors import ConfigError, OneDCError
-from ..image_io import load_image, to_uint8
+from ..image_io import load_image, to_uint8_tensor
 from .metrics import Protocol
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -155,7 +155,7 @@ def load_u8(path: str | Path) -> tuple[torch.Tensor, list[str]]:
     """An image file as uint8 (3, H, W) RGB, with onedc.image_io's conversion notes (grayscale,
     alpha composited over white, palette, 16-bit -> 8-bit)."""
     x, notes = load_image(path)
-    return torch.from_numpy(to_uint8(x)).permute(2, 0, 1).contiguous(), notes
+    return to_uint8_tensor(x), notes
 
 
 def resize_center_crop(img_u8: torch.Tensor, size: int) -> torch.Tensor:

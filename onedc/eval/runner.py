@@ -29,7 +29,7 @@ from PIL import Image
 
 from ..atomic import atomic_file
 from ..errors import OneDCError
-from ..image_io import to_uint8
+from ..image_io import to_uint8_tensor
 from ..model import OneDC
 from . import baselines
 from .bd_rate import bd_rate_table, format_table
@@ -150,7 +150,7 @@ def _measure(model: OneDC, path: Path, ref: torch.Tensor, notes: list[str], fold
     start = time.perf_counter()
     x_hat = model.decompress(data)
     decode_s = time.perf_counter() - start
-    rec = torch.from_numpy(to_uint8(x_hat)).permute(2, 0, 1).contiguous()
+    rec = to_uint8_tensor(x_hat)
     with atomic_file(folder / "files" / f"{path.stem}.onedc") as tmp:
         tmp.write_bytes(data)
     with atomic_file(folder / "recon" / f"{path.stem}.png") as tmp:

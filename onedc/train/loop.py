@@ -14,7 +14,6 @@ losses as an uninterrupted run.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from torch.utils.data import DataLoader
 from .. import weights as external
 from ..data.sources import build_source, load_images
 from ..data.training import StepBatchSampler, TrainingCrops, collate, policies_from_config
-from ..image_io import to_uint8
+from ..eval.metrics import psnr
+from ..image_io import to_uint8_tensor
 from ..model import OneDC
 from . import checkpoints
 from .config import RunConfig
@@ -37,11 +37,9 @@ def validate(model: OneDC, perceptual, images: list[tuple[str, torch.Tensor]], r
     for _, x in images:
         data = model.compress(x)
         x_hat = model.decompress(data)
-        ref, rec = torch.from_numpy(to_uint8(x)).float(), torch.from_numpy(to_uint8(x_hat)).float()
-        mse = float((ref - rec).square().mean())
         rows.append({
             "bpp": 8 * len(data) / (x.shape[-2] * x.shape[-1]),
-            "psnr": 10 * math.log10(255**2 / max(mse, 1e-10)),
+            "psnr": psnr(to_uint8_tensor(x), to_uint8_tensor(x_hat)),
             "l1": float((x_hat - x).abs().mean() / 2),
             "lpips": float(perceptual(x_hat[None].to(model.device), x[None].to(model.device))) if perceptual is not None else 0.0,
         })
