@@ -1,12 +1,31 @@
-"""Helpers shared by tests: sample photos and fitting a tiny model's entropy model."""
+"""Helpers shared by tests: sample photos, fitting a tiny model's entropy model, launching
+Python in fresh (possibly several) processes."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import skimage.data
 import torch
 
 from onedc import OneDC
 from onedc.model import pad_to_multiple
+
+# torchrun-style launch of 2 processes; train.cpu=true (the quickstarts) makes them CPU ranks on gloo
+ACCELERATE_2_PROCESSES = ("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no")
+
+
+def run_python(*args: str) -> str:
+    """`python *args` in a fresh process (one thread each): its stdout; fails the test with the
+    end of stderr if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # 512x512, 400x600, 300x451, 427x640
 

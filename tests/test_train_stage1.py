@@ -1,10 +1,7 @@
 """Stage I training on the tiny model, on the CPU."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,8 @@ from onedc.train import checkpoints
 from onedc.train.config import compose
 from onedc.train.losses import lmbda_at
 from onedc.train.stage1 import train
+
+from helpers import ACCELERATE_2_PROCESSES, run_python
 
 FAST = [
     "experiment=quickstart",
@@ -100,13 +99,8 @@ def test_validation_keeps_the_best_checkpoint(tmp_path):
 
 def test_two_processes_share_the_batch_policy_of_every_step(tmp_path):
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    # torchrun-style launch of 2 processes; train.cpu=true (quickstart) makes them CPU ranks on gloo
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "onedc.train",
-           *FAST, "train.max_steps=4", "train.checkpoint_every=4", "validation.every=100", f"hydra.run.dir={run}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_python(*ACCELERATE_2_PROCESSES, "-m", "onedc.train", *FAST, "train.max_steps=4", "train.checkpoint_every=4",
+               "validation.every=100", f"hydra.run.dir={run}")
     logs = [[json.loads(line) for line in (run / "logs" / f"train_rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert [s["step"] for s in logs[0]] == [s["step"] for s in logs[1]] == [1, 2, 3, 4]
     assert [s["policy"] for s in logs[0]] == [s["policy"] for s in logs[1]]

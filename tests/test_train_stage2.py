@@ -1,6 +1,7 @@
 """Stage II (DMD2 + latent GAN) on the tiny model, on the CPU."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,13 @@ from safetensors.torch import load_file
 
 from onedc.data.training import TrainingCrops, collate, policies_from_config
 from onedc.data.sources import SamplePhotos
+from onedc.errors import ConfigError
 from onedc.train.config import compose
 from onedc.train.dmd import Guidance
 from onedc.train.stage1 import train as train_stage1
 from onedc.train.stage2 import Stage2Trainer, train
+
+from helpers import ACCELERATE_2_PROCESSES, run_python
 
 STAGE1 = ["experiment=quickstart", "train.logger=none", "train.batch_size=2", "train.max_steps=2", "train.checkpoint_every=2",
           "validation.every=100", "validation.crop=64", "model.distillation.predictor.window=2",
@@ -106,6 +110,9 @@ def test_kill_and_resume_matches(stage1_checkpoint, tmp_path):
     for name in ("model.safetensors", "guidance.safetensors"):
         a, b = (load_file(tmp_path / run / "checkpoints" / "step_0000012" / name) for run in ("straight", "resumed"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = (torch.load(tmp_path / run / "checkpoints" / "step_0000012" / "guidance_optimizer.pt") for run in ("straight", "resumed"))
+    assert a["state"].keys() == b["state"].keys() and all(torch.equal(a["state"][k][m], b["state"][k][m])
+                                                        for k in a["state"] for m in ("exp_avg", "exp_avg_sq"))
     logs = [[json.loads(line) for line in (tmp_path / run / "logs" / "train_rank0.jsonl").read_text().splitlines()] for run in ("straight", "resumed")]
     assert logs[0] == logs[1]
 
@@ -119,3 +126,70 @@ def test_a_missing_stage1_checkpoint_is_trained_first(tmp_path):
     state = train(run, tmp_path / "stage2")
     assert (init / "model.safetensors").is_file() and state["step"] == 2
     assert (tmp_path / "stage2" / "checkpoints" / "step_0000002" / "guidance.safetensors").is_file()
+
+
+SHARD_CHECK = """
+import torch, torch.distributed as dist
+from onedc.config import load_model_config
+from onedc.train.config import compose
+from onedc.train.dmd import Guidance
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+guidance = Guidance(load_model_config("onedc_tiny").generator, compose(["experiment=quickstart_stage2"]).dmd)
+total = sum(p.numel() for p in guidance.parameters())
+guidance.shard(torch.device("cpu"))
+local = sum(p.to_local().numel() for p in guidance.parameters())
+print("SHARE", local / total)
+"""
+
+
+def test_sharded_guidance_matches_ddp_and_resumes_exactly(stage1_checkpoint, tmp_path):
+    """2 CPU processes (gloo): dmd.fsdp=true keeps about half the guidance on each rank, trains as
+    DDP does (to float rounding), and resumes bit-exactly from its gathered checkpoint."""
+    script = tmp_path / "shard_check.py"
+    script.write_text(SHARD_CHECK)
+    output = run_python("-m", "torch.distributed.run", "--nproc_per_node", "2", str(script))
+    shares = [float(line.split()[1]) for line in output.splitlines() if line.startswith("SHARE")]
+    assert len(shares) == 2 and all(0.45 < s < 0.55 for s in shares), shares
+
+    def stage2_launch(run_dir: Path, fsdp: bool, *extra: str) -> None:
+        run_python(*ACCELERATE_2_PROCESSES, "-m", "onedc.train",
+               "experiment=quickstart_stage2", "train.logger=none", f"train.init_from={stage1_checkpoint}", "validation.every=100",
+               "validation.crop=64", "data.policies=[{name:crop128,weight:1.0,mode:crop,size:128,batch_fraction:1.0}]",
+               "train.max_steps=4", "train.checkpoint_every=2", "train.warmup_steps=0", "dmd.generator_every=2",
+               f"dmd.fsdp={str(fsdp).lower()}", f"hydra.run.dir={run_dir}", *extra)
+
+    sharded, replicated, resumed = tmp_path / "fsdp", tmp_path / "ddp", tmp_path / "resumed"
+    stage2_launch(sharded, True)
+    stage2_launch(replicated, False)
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(sharded / "checkpoints" / "step_0000002", resumed / "checkpoints" / "step_0000002")
+    shutil.copytree(sharded / "logs", resumed / "logs")
+    stage2_launch(resumed, True, "train.resume=latest")
+
+    def final(run: Path, name: str) -> dict:
+        return load_file(run / "checkpoints" / "step_0000004" / name)
+
+    for name in ("model.safetensors", "guidance.safetensors"):
+        a, b, c = final(sharded, name), final(replicated, name), final(resumed, name)
+        assert a.keys() == b.keys() == c.keys()
+        assert all(torch.equal(a[k], c[k]) for k in a), name
+        assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), name
+        assert any(not torch.equal(a[k], v) for k, v in load_file(sharded / "checkpoints" / "step_0000002" / name).items())
+    for rank in (0, 1):
+        logs = [[json.loads(line) for line in (run / "logs" / f"train_rank{rank}.jsonl").read_text().splitlines()] for run in (sharded, replicated, resumed)]
+        assert logs[0] == logs[2]
+        assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [1, 2, 3, 4]
+        assert all(abs(x["guidance_loss"] - y["guidance_loss"]) < 1e-4 for x, y in zip(logs[0], logs[1]))
+
+
+def test_a_sharded_guidance_needs_several_processes(stage1_checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match="2 or more"):
+        Stage2Trainer(stage2(stage1_checkpoint, "dmd.fsdp=true"), tmp_path).setup()
+
+
+def test_stage2_config_errors_name_the_key(stage1_checkpoint):
+    with pytest.raises(ConfigError, match="train.mixed_precision=bf16"):
+        stage2(stage1_checkpoint, "train.mixed_precision=fp16")
+    with pytest.raises(ConfigError, match="train.grad_accum=1"):
+        stage2(stage1_checkpoint, "train.grad_accum=2")

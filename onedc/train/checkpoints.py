@@ -2,6 +2,7 @@
 
     model.safetensors, onedc.json     the trainable OneDC weights (OneDC.from_pretrained loads it)
     code_predictor.safetensors        the Stage I code predictor
+    guidance.safetensors, guidance_optimizer.pt   Stage II: fake score + GAN head, their AdamW state
     optimizer.bin, custom_checkpoint_*.pkl (scheduler), random_states_*.pkl   via Accelerate
     trainer_state.json                step, lambda, best validation value
 
@@ -59,6 +60,17 @@ def load_tensors(path: Path) -> dict:
     try:
         return load_file(path)
     except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+
+
+def load_object(path: Path):
+    """A torch-saved object of a checkpoint (tensors, numbers, strings, lists and dicts only:
+    `weights_only`), or CheckpointError."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # missing, truncated or not such an object: one clear message
         raise CheckpointError(f"cannot read {path}: {e}") from e
 
 

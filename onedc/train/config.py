@@ -102,6 +102,7 @@ class DMDConfig:
     gan_guidance_weight: float = MISSING
     guidance_lr: float = MISSING
     real_score_bf16: bool = MISSING
+    fsdp: bool = MISSING  # shard the guidance over the processes (FSDP2)
     bootstrap: Optional[list[str]] = None  # Stage I overrides to train first when train.init_from does not exist yet
     init_guidance_from: Optional[str] = None  # an official Stage II training checkpoint's guidance
 
@@ -179,6 +180,7 @@ def validate(run: RunConfig) -> None:
         stage2_checks = [
             (t.init_from is not None, "Stage II starts from a Stage I checkpoint: set train.init_from=PATH"),
             (t.grad_accum == 1, "Stage II does not support gradient accumulation (the generator and guidance turns share each batch): set train.grad_accum=1"),
+            (t.mixed_precision != "fp16", "Stage II trains in bf16 or fp32 (fp16 would need loss scaling in the guidance's optimizer): set train.mixed_precision=bf16"),
             (d.generator_every >= 1, "dmd.generator_every must be at least 1"),
             (0 <= d.min_timestep <= d.max_timestep < 1000, "dmd: need 0 <= min_timestep <= max_timestep < 1000"),
             (0 < d.gan_max_timestep <= 1000, "dmd.gan_max_timestep must be in (0, 1000]"),

@@ -125,8 +125,28 @@ class Guidance(nn.Module):
         self.num_timesteps = s.num_train_timesteps
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The fake score and the head: what a Stage II checkpoint stores of the guidance."""
+        """The fake score and the head: what a Stage II checkpoint stores of the guidance (DTensors
+        with their global shapes when sharded)."""
         return {k: v for k, v in self.state_dict().items() if k.startswith(("fake_unet.", "cls_pred_branch."))}
+
+    def shard(self, device: torch.device) -> "Guidance":
+        """Shard over all processes with FSDP2 (`fully_shard`): each block of both U-Nets, then the
+        rest (the U-Nets' stems and heads, the GAN head) becomes a unit whose parameters,
+        gradients and optimizer state live 1/N on each rank and are gathered unit by unit for
+        compute. The rest is one root unit, gathered for the whole forward and backward: the
+        GAN path backpropagates through a U-Net's stem without using the U-Net's output, so a
+        unit per U-Net would never be re-gathered for it. Dtypes are kept (the real score stays
+        bf16); mixed precision comes from the caller's autocast."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+        self.to(device)
+        for unet in (self.real_unet, self.fake_unet):
+            for block in (*unet.down_blocks, unet.mid_block, *unet.up_blocks):
+                fully_shard(block, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+        return self
 
     # ------------------------------------------------------------------ diffusion helpers
     def _alpha(self, t: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ A stage subclasses `StageTrainer` and supplies its modules and one optimizer ste
     required_weights()  names of the external weights it loads (checked before building)
     build()             modules and optimizers, prepared with self.accelerator; sets self.model
     train_batch()       one (micro-)batch -> (loss terms, whether an optimizer step happened)
-    save_extras() / load_extras()   trainable weights beyond the OneDC model's own
+    save_extras() / load_extras()   trainable state beyond the OneDC model's own (called on
+                                    every rank; the main process writes)
 Resuming replays the same data (a function of seed and step), noise (checkpointed RNG) and
 losses as an uninterrupted run.
 """
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader
 from .. import weights as external
 from ..data.sources import build_source, load_images
 from ..data.training import StepBatchSampler, TrainingCrops, collate, policies_from_config
+from ..errors import ConfigError
 from ..eval.metrics import psnr
 from ..image_io import to_uint8_tensor
 from ..model import OneDC
@@ -89,10 +91,13 @@ class StageTrainer:
 
     def setup(self) -> None:
         """Accelerate, the run folder, the fail-fast checks, the stage's modules, checkpoint hooks."""
-        from accelerate.utils import broadcast_object_list, set_seed
+        from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 
         run, t = self.run, self.run.train
         accelerator = self.accelerator = self.make_accelerator()
+        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):  # would shard what rank 0 validates and saves
+            raise ConfigError(f"Accelerate's {accelerator.distributed_type.value} mode is not supported: launch with a DDP config "
+                              "(configs/accelerate/4gpu.yaml); Stage II shards its guidance itself with dmd.fsdp=true")
         self.run_dir = Path(broadcast_object_list([str(self.run_dir)])[0])  # rank 0's choice
         set_seed(t.seed, device_specific=True)
 
@@ -105,7 +110,7 @@ class StageTrainer:
         def save_hook(models, state_dicts, output_dir):
             if accelerator.is_main_process:
                 self.model.write_checkpoint_files(Path(output_dir))
-                self.save_extras(Path(output_dir))
+            self.save_extras(Path(output_dir))  # on every rank: it may gather sharded tensors
             state_dicts.clear()  # nothing else of the models: frozen weights come from their sources
 
         def load_hook(models, input_dir):

@@ -91,7 +91,8 @@ class Stage1Trainer(StageTrainer):
         return terms, accelerator.sync_gradients
 
     def save_extras(self, folder: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.inner.predictor.state_dict().items()}, folder / checkpoints.PREDICTOR_FILE)
+        if self.accelerator.is_main_process:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.inner.predictor.state_dict().items()}, folder / checkpoints.PREDICTOR_FILE)
 
     def load_extras(self, folder: Path) -> None:
         self.inner.predictor.load_state_dict(checkpoints.load_tensors(folder / checkpoints.PREDICTOR_FILE))

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from .. import weights as external
 from ..codec.semantic import tokens
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..generator.vae import decode_latent
 from ..model import OneDC
 from ..official import load_guidance
@@ -32,6 +33,7 @@ from .loop import StageTrainer
 from .losses import build_lpips_vgg
 
 GUIDANCE_FILE = "guidance.safetensors"
+GUIDANCE_OPTIMIZER_FILE = "guidance_optimizer.pt"
 
 
 class Stage2Generator(nn.Module):
@@ -65,6 +67,9 @@ class Stage2Trainer(StageTrainer):
         from diffusers.optimization import get_scheduler
 
         run, t, accelerator = self.run, self.run.train, self.accelerator
+        if run.dmd.fsdp and accelerator.num_processes < 2:
+            raise ConfigError("dmd.fsdp=true shards the guidance over processes: launch 2 or more, e.g. "
+                              "accelerate launch --config_file configs/accelerate/4gpu.yaml -m onedc.train ...")
         model = external.load_pretrained(t.init_from, run.weights)
         if model.config.name != run.model.name:
             accelerator.print(f"note: training {model.config.name} from {t.init_from} (model={run.model.name} ignored)")
@@ -100,18 +105,24 @@ class Stage2Trainer(StageTrainer):
             model.vae.enable_gradient_checkpointing()
 
         generator = Stage2Generator(model)
-        self.generator_params = [p for p in generator.parameters() if p.requires_grad]
-        self.guidance_params = [p for p in guidance.parameters() if p.requires_grad]
-        opt_g = torch.optim.AdamW(self.generator_params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-        opt_d = torch.optim.AdamW(self.guidance_params, lr=run.dmd.guidance_lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-        self.sched_g = get_scheduler("constant_with_warmup", opt_g, num_warmup_steps=t.warmup_steps)
-        self.sched_d = get_scheduler("constant_with_warmup", opt_d, num_warmup_steps=t.warmup_steps)
-        self.generator, self.guidance, self.opt_g, self.opt_d = accelerator.prepare(generator, guidance, opt_g, opt_d)
+        opt_g = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad], lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.generator, self.opt_g = accelerator.prepare(generator, opt_g)
+        if run.dmd.fsdp:  # sharded by FSDP2, which also averages its gradients: not wrapped by Accelerate
+            self.guidance = guidance.shard(accelerator.device)
+        else:
+            self.guidance = accelerator.prepare(guidance)
+        self.inner_guidance: Guidance = accelerator.unwrap_model(self.guidance)
+        # the guidance's optimizer is ours, not Accelerate's: its state is saved whole (gathered
+        # from the shards), so a run resumes on any number of processes, sharded or not
+        self.generator_params = [p for p in self.generator.parameters() if p.requires_grad]
+        self.guidance_params = [p for p in self.inner_guidance.parameters() if p.requires_grad]
+        self.opt_d = torch.optim.AdamW(self.guidance_params, lr=run.dmd.guidance_lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.sched_g = get_scheduler("constant_with_warmup", self.opt_g, num_warmup_steps=t.warmup_steps)
+        self.sched_d = get_scheduler("constant_with_warmup", self.opt_d, num_warmup_steps=t.warmup_steps)
         accelerator.register_for_checkpointing(self.sched_g, self.sched_d)
         self.text = text.to(accelerator.device)
         self.uncond = self.text([""])
         self.model = model
-        self.inner_guidance: Guidance = accelerator.unwrap_model(self.guidance)
         self.generator.train()
         self.guidance.train()
 
@@ -127,7 +138,8 @@ class Stage2Trainer(StageTrainer):
         with frozen(self.inner_guidance), accelerator.no_sync(self.guidance):
             if step % d.generator_every == 0:
                 latents, x_hat = self.generator(x)
-                critic = self.guidance("generator", latents, cond, uncond)
+                with accelerator.autocast():  # Accelerate's own for a wrapped guidance, needed for a sharded one
+                    critic = self.guidance("generator", latents, cond, uncond)
                 dmd, gan = critic["dmd"], critic["gan_generator"]
                 l1 = (x_hat.float() - x).abs().mean() / 2
                 lpips = self.perceptual(x_hat, x).mean() if self.perceptual is not None else torch.zeros_like(l1)
@@ -145,7 +157,8 @@ class Stage2Trainer(StageTrainer):
         # guidance turn, on the generator's detached latents and the VAE latents of the images
         with torch.no_grad():
             real = self.model.vae.encode(x).latent_dist.sample() * self.model.vae.config.scaling_factor
-        guidance_terms = self.guidance("guidance", latents.detach(), cond, real)
+        with accelerator.autocast():
+            guidance_terms = self.guidance("guidance", latents.detach(), cond, real)
         accelerator.backward(guidance_terms["guidance_loss"])
         accelerator.clip_grad_norm_(self.guidance_params, run.train.max_grad_norm)
         self.opt_d.step()
@@ -154,12 +167,29 @@ class Stage2Trainer(StageTrainer):
         return {**guidance_terms, **terms}, True
 
     def save_extras(self, folder: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.inner_guidance.trainable_state_dict().items()}, folder / GUIDANCE_FILE)
+        """The trainable guidance and its optimizer state, whole: gathered from every rank when
+        sharded (so called on every rank), written by the main process."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        weights = {k: whole(v).detach().cpu().contiguous() for k, v in self.inner_guidance.trainable_state_dict().items()}
+        optimizer = get_optimizer_state_dict(self.guidance, self.opt_d, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.accelerator.is_main_process:
+            save_file(weights, folder / GUIDANCE_FILE)
+            torch.save(optimizer, folder / GUIDANCE_OPTIMIZER_FILE)
 
     def load_extras(self, folder: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
         state = checkpoints.load_tensors(folder / GUIDANCE_FILE)
         check_keys(shapes(self.inner_guidance.trainable_state_dict()), state, str(folder / GUIDANCE_FILE), "guidance", error=CheckpointError)
-        self.inner_guidance.load_state_dict(state, strict=False)
+        set_model_state_dict(self.guidance, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        optimizer = checkpoints.load_object(folder / GUIDANCE_OPTIMIZER_FILE)
+        set_optimizer_state_dict(self.guidance, self.opt_d, optimizer, options=StateDictOptions(full_state_dict=True))
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a (possibly FSDP-sharded) one; for a DTensor a collective: call it on every rank."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def train(run: RunConfig, run_dir: Path) -> dict:
