@@ -8,6 +8,9 @@ every `dmd.generator_every`-th step, while the guidance (fake score + GAN head) 
 every step on the detached generator latents. Turns are isolated: the guidance is frozen during
 the generator's turn, the generator's outputs are detached for the guidance's. Two AdamW
 optimizers with constant-with-warm-up schedules; both schedules advance every step.
+
+The generator is replicated (DDP); the guidance too, or, with `dmd.fsdp`, sharded over the
+processes with FSDP2. Either way a checkpoint holds whole tensors and whole optimizer state.
 """
 
 from __future__ import annotations
@@ -109,6 +112,9 @@ class Stage2Trainer(StageTrainer):
         self.generator, self.opt_g = accelerator.prepare(generator, opt_g)
         if run.dmd.fsdp:  # sharded by FSDP2, which also averages its gradients: not wrapped by Accelerate
             self.guidance = guidance.shard(accelerator.device)
+            local = sum(p.to_local().numel() for p in guidance.parameters())
+            total = sum(p.numel() for p in guidance.parameters())  # a DTensor's numel is the whole tensor's
+            accelerator.print(f"guidance sharded over {accelerator.num_processes} processes: rank 0 holds {local:,} of its {total:,} parameters")
         else:
             self.guidance = accelerator.prepare(guidance)
         self.inner_guidance: Guidance = accelerator.unwrap_model(self.guidance)
