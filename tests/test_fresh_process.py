@@ -1,12 +1,12 @@
 """A file decodes to the same y_hat in a fresh process with another thread count."""
 
 import copy
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from helpers import run_python
 
 
 DECODE = """
@@ -28,8 +28,7 @@ def test_fresh_process_with_one_thread_decodes_identically(fitted_model, photos,
     checkpoint, file, out = tmp_path / "ckpt", tmp_path / "rocket.onedc", tmp_path / "rocket.safetensors"
     fitted_model.save_pretrained(checkpoint)
     file.write_bytes(data)
-    run = subprocess.run([sys.executable, "-c", DECODE, str(file), str(out), str(checkpoint)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    run_python("-c", DECODE, str(file), str(out), str(checkpoint))
     decoded = load_file(out)
     assert torch.equal(decoded["y_hat"], expected.y_hat)
 

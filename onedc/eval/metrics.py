@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Self
 
 import torch
 from torch import nn
@@ -98,7 +99,20 @@ def _seeded(seed: int):
         yield
 
 
-class LPIPSAlex:
+class _NetworkMetric:
+    """A full-reference metric computed by a frozen network (`self.model`, on `self.device`)."""
+
+    def _use(self, model: nn.Module, device: str | torch.device) -> None:
+        self.device = torch.device(device)
+        self.model = model.eval().requires_grad_(False).to(self.device)
+
+    @classmethod
+    def from_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> Self:
+        """The metric with a seeded random network instead of its pretrained weights (tests only)."""
+        return cls(device=device, _random_seed=seed)
+
+
+class LPIPSAlex(_NetworkMetric):
     """LPIPS v0.1 with AlexNet (the `lpips` package); `metric(ref_u8, rec_u8) -> float`.
 
     The linear heads ship inside the lpips wheel; the AlexNet trunk is read from torchvision's
@@ -119,12 +133,7 @@ class LPIPSAlex:
             self.backbone = str(path)
         else:
             self.backbone = f"random (seed {_random_seed})"
-        self.device = torch.device(device)
-        self.model = model.eval().requires_grad_(False).to(self.device)
-
-    @classmethod
-    def from_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> "LPIPSAlex":
-        return cls(device=device, _random_seed=seed)
+        self._use(model, device)
 
     def __call__(self, ref_u8: torch.Tensor, rec_u8: torch.Tensor) -> float:
         """LPIPS distance of two uint8 (3, H, W) images, mapped to [-1, 1] as x / 127.5 - 1."""
@@ -169,7 +178,7 @@ def _vgg16_without_download():
         dists_pt.models = original
 
 
-class DISTSMetric:
+class DISTSMetric(_NetworkMetric):
     """DISTS (DISTS_pytorch 0.1) on [0, 1], no resize; `metric(ref_u8, rec_u8) -> float`.
 
     VGG16 trunk from torchvision's `vgg16-397923af.pth` (`backbone_weights`, else
@@ -195,12 +204,7 @@ class DISTSMetric:
             self.backbone, self.alpha_beta = str(path), str(ab_path)
         else:
             self.backbone = self.alpha_beta = f"random (seed {_random_seed})"
-        self.device = torch.device(device)
-        self.model = model.eval().requires_grad_(False).to(self.device)
-
-    @classmethod
-    def from_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> "DISTSMetric":
-        return cls(device=device, _random_seed=seed)
+        self._use(model, device)
 
     def __call__(self, ref_u8: torch.Tensor, rec_u8: torch.Tensor) -> float:
         """DISTS of two uint8 (3, H, W) images, fed as x / 255 in [0, 1]."""
