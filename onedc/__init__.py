@@ -18,7 +18,6 @@ __all__ = [
     "OneDCError",
     "WeightsError",
     "load_model_config",
-    "load_pretrained",
 ]
 
 
@@ -28,8 +27,4 @@ def __getattr__(name: str):
         from . import model
 
         return getattr(model, name)
-    if name == "load_pretrained":
-        from .weights import load_pretrained
-
-        return load_pretrained
     raise AttributeError(f"module 'onedc' has no attribute {name!r}")

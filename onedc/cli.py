@@ -28,10 +28,10 @@ def _warn(message: str) -> None:
 def _load_model(model: str | None, checkpoint: str | None, device: str, weight_overrides: list[str] | None = None):
     from .config import load_model_config
     from .model import OneDC
-    from .weights import load_pretrained, load_weight_paths
+    from .weights import load_weight_paths
 
     if checkpoint:
-        net = load_pretrained(checkpoint, load_weight_paths(weight_overrides))
+        net = OneDC.from_pretrained(checkpoint, load_weight_paths(weight_overrides))
         if model and model != net.config.name:
             _warn(f"--model {model} ignored: the checkpoint holds {net.config.name}")
     else:
@@ -146,7 +146,8 @@ def cmd_import_official(args: argparse.Namespace) -> None:
     from .official import import_official
 
     report = import_official(args.source, args.output, load_model_config(args.model), args.lmbda)
-    print(f"imported {report.source} (lambda {report.lmbda:g}) -> {report.output}")
+    rate = "z-only, no lambda" if report.lmbda is None else f"lambda {report.lmbda:g}"
+    print(f"imported {report.source} ({rate}) -> {report.output}")
     print(f"  {'file':<22} {'keys':>6} {'parameters':>14} {'trainable':>14} {'frozen (bundled)':>17}")
     for f in report.files:
         print(f"  {f.file:<22} {f.keys:>6} {f.parameters:>14,} {f.trainable:>14,} {f.frozen:>17,}")
@@ -185,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="official folder with model.safetensors (generator) and model_1.safetensors (codec)")
     p.add_argument("output", help="checkpoint folder to write")
     p.add_argument("--lmbda", type=float, help="rate point of the release (default: read from the folder name, e.g. lambda4.6)")
-    p.add_argument("--model", default="onedc_sd15", help="model config of the release's architecture (default: onedc_sd15)")
+    p.add_argument("--model", default="onedc_sd15",
+                   help="model config of the release's architecture (default: onedc_sd15; onedc_sd15_zonly for the z-only exlow_bpp0034 folder)")
     p.set_defaults(func=cmd_import_official)
 
     weights = sub.add_parser("weights", help="external weights: check where they are, download them")

@@ -18,6 +18,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
 
+PADDING_MODES = ("replicate", "reflect")
+
 
 @dataclass
 class BlockConfig:
@@ -38,6 +40,7 @@ class UNetConfig:
     layers_per_block: int = MISSING
     attention_head_dim: int = MISSING
     norm_num_groups: int = MISSING
+    norm_eps: float = MISSING
 
 
 @dataclass
@@ -95,6 +98,7 @@ class EntropyConfig:
     scale_min: float = MISSING
     scale_max: float = MISSING
     scale_levels: int = MISSING
+    official_eval_scale_min: float = MISSING
     tail_mass: float = MISSING
     likelihood_bound: float = MISSING
     rate_eps: float = MISSING
@@ -106,6 +110,7 @@ class EntropyConfig:
 @dataclass
 class CodecConfig:
     y_channels: int = MISSING
+    z_only: bool = MISSING
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     hyper_encoder: HyperEncoderConfig = field(default_factory=HyperEncoderConfig)
     fsq: FSQConfig = field(default_factory=FSQConfig)
@@ -129,6 +134,7 @@ class GeneratorUNetConfig:
     attention_head_dim: int = MISSING
     cross_attention_dim: int = MISSING
     norm_num_groups: int = MISSING
+    norm_eps: float = MISSING
 
 
 @dataclass
@@ -181,6 +187,8 @@ class PredictorConfig:
     position_bias_blocks: int = MISSING
     head_channels: int = MISSING
     head_groups: int = MISSING
+    layer_norm_eps: float = MISSING
+    head_norm_eps: float = MISSING
 
 
 @dataclass
@@ -235,6 +243,7 @@ class ModelConfig:
     name: str = MISSING
     seed: int = MISSING
     image_multiple: int = MISSING
+    image_padding: str = MISSING
     blocks: BlockConfig = field(default_factory=BlockConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -331,6 +340,7 @@ def validate(cfg: ModelConfig) -> None:
         "codec.analysis.unet: down_block_types and up_block_types need one entry per block_out_channels entry",
     )
     _require(cfg.image_multiple == 64, f"image_multiple must be 64 (z sits at 1/64), got {cfg.image_multiple}")
+    _require(cfg.image_padding in PADDING_MODES, f"image_padding must be one of {', '.join(PADDING_MODES)}, got {cfg.image_padding!r}")
     _require(len(c.hyper_encoder.channels) == 2, "codec.hyper_encoder.channels must hold two widths")
     _require(len(c.synthesis.y_channels) == 2, "codec.synthesis.y_channels must hold two widths")
     _require(len(c.synthesis.c_channels) == 3, "codec.synthesis.c_channels must hold three widths")
@@ -349,6 +359,7 @@ def validate(cfg: ModelConfig) -> None:
     for i, w in enumerate(a.unet.block_out_channels):
         _require(w % a.unet.norm_num_groups == 0, f"codec.analysis.unet.block_out_channels[{i}]={w} is not divisible by norm_num_groups")
     _require(0 < e.scale_min < e.scale_max, f"codec.entropy needs 0 < scale_min < scale_max, got {e.scale_min}, {e.scale_max}")
+    _require(0 < e.official_eval_scale_min, "codec.entropy.official_eval_scale_min must be positive")
     _require(e.scale_levels >= 2, "codec.entropy.scale_levels must be at least 2")
     _require(0 < e.tail_mass < 1e-2, f"codec.entropy.tail_mass must be in (0, 0.01), got {e.tail_mass}")
     _require(0 < e.likelihood_bound < 1, "codec.entropy.likelihood_bound must be in (0, 1)")

@@ -14,7 +14,7 @@ Checkpoint folder (written atomically by `save_pretrained`):
                         "frozen_digest" (with frozen.safetensors)}
 Frozen parts (the U-Net base and the VAE) are not stored: they come from their own source
 (the seeded initialisation of an untrained config; the DMD2 U-Net and SD2.1 VAE at full size,
-loaded by onedc.weights.load_pretrained / load_frozen_weights).
+found as `onedc weights check` finds them): `OneDC.from_pretrained` loads all of it.
 """
 
 from __future__ import annotations
@@ -43,9 +43,24 @@ from .generator.one_step_unet import OneStepGenerator, is_trainable
 from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
 from .state_dicts import check_keys
+from .weights import load_frozen_weights
 
 CHECKPOINT_FORMAT = "onedc-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+# Model-config keys added after checkpoint format 1, with the value format-1 checkpoints were
+# built with (they did not record them). Format-1 checkpoints that bundle frozen weights are
+# imported official releases, whose vae_reduction was trained with GroupNorm eps 1e-6: format 1
+# recorded our former default, 1e-5, for them.
+FORMAT_1_DEFAULTS = {
+    ("image_padding",): "replicate",
+    ("codec", "z_only"): False,
+    ("codec", "entropy", "official_eval_scale_min"): 1.0e-5,
+    ("codec", "analysis", "unet", "norm_eps"): 1.0e-5,
+    ("generator", "unet", "norm_eps"): 1.0e-5,
+    ("distillation", "predictor", "layer_norm_eps"): 1.0e-5,
+    ("distillation", "predictor", "head_norm_eps"): 1.0e-5,
+}
+OFFICIAL_REDUCTION_EPS = 1.0e-6
 WEIGHTS_FILE = "model.safetensors"
 FROZEN_FILE = "frozen.safetensors"
 METADATA_FILE = "onedc.json"
@@ -93,10 +108,40 @@ def write_checkpoint(folder: Path, config: ModelConfig, lmbda: float | None, tra
     (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Replicate-pad (B, C, H, W) at the bottom and right to multiples of `multiple`."""
+def upgrade_format_1(meta: dict) -> None:
+    """Bring the metadata of a format-1 checkpoint to the current format, in place."""
+    config = meta.get("model_config")
+    if not isinstance(config, dict):
+        return  # reported as an invalid model config by the caller
+    for keys, value in FORMAT_1_DEFAULTS.items():
+        section = config
+        for key in keys[:-1]:
+            section = section.setdefault(key, {})
+        section.setdefault(keys[-1], value)
+    if meta.get("frozen_digest"):
+        config.setdefault("generator", {})["reduction_eps"] = OFFICIAL_REDUCTION_EPS
+    meta["format_version"] = CHECKPOINT_VERSION
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "replicate") -> torch.Tensor:
+    """Pad (B, C, H, W) at the bottom and right to multiples of `multiple`: "replicate" repeats
+    the last row and column; "reflect" mirrors the image about them, as often as needed (one
+    mirror image is F.pad's reflect; a side of one pixel is repeated)."""
     h, w = x.shape[-2:]
-    return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode="replicate")
+    if mode == "replicate":
+        return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode="replicate")
+    rows, cols = _reflected_indices(h, h - h % -multiple), _reflected_indices(w, w - w % -multiple)
+    return x[..., rows.to(x.device)[:, None], cols.to(x.device)]
+
+
+def _reflected_indices(size: int, padded: int) -> torch.Tensor:
+    """Source index of each of `padded` positions when a side of `size` is mirrored about its
+    last element as often as needed (period 2 (size - 1))."""
+    if size == 1:
+        return torch.zeros(padded, dtype=torch.long)
+    period = 2 * (size - 1)
+    i = torch.arange(padded) % period
+    return torch.where(i < size, i, period - i)
 
 
 class OneDC(nn.Module):
@@ -118,10 +163,20 @@ class OneDC(nn.Module):
             return cls(config)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "OneDC":
-        """Load a checkpoint folder written by `save_pretrained`: its trainable weights on the
-        seeded initialisation. `onedc.weights.load_pretrained` also loads the external weights
-        of the frozen parts (all full-size models need them)."""
+    def from_pretrained(cls, path: str | Path, weight_paths: dict[str, str | None] | None = None) -> "OneDC":
+        """A usable model from a checkpoint folder written by `save_pretrained` (or by
+        `onedc import-official`): its trainable weights, the frozen weights bundled with it,
+        and the external frozen weights its config names (the DMD2 U-Net and the SD2.1 VAE at
+        full size; looked up as `onedc weights check` does, `weight_paths` overriding the
+        weights config). WeightsError with the command to get them if any is missing."""
+        model = cls.from_checkpoint_weights(path)
+        load_frozen_weights(model, weight_paths)
+        return model
+
+    @classmethod
+    def from_checkpoint_weights(cls, path: str | Path) -> "OneDC":
+        """The checkpoint's own weights (trainable and bundled frozen ones) on the seeded
+        initialisation, without the external frozen weights: what `from_pretrained` starts from."""
         path = Path(path)
         meta_path, weights_path = path / METADATA_FILE, path / WEIGHTS_FILE
         if not path.is_dir():
@@ -133,8 +188,10 @@ class OneDC(nn.Module):
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointError(f"cannot read {meta_path}: {e}") from e
-        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") != CHECKPOINT_VERSION:
-            raise CheckpointError(f"{meta_path} is not a onedc checkpoint (format version {CHECKPOINT_VERSION})")
+        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") not in (1, CHECKPOINT_VERSION):
+            raise CheckpointError(f"{meta_path} is not a onedc checkpoint (format version 1 or {CHECKPOINT_VERSION})")
+        if meta["format_version"] == 1:
+            upgrade_format_1(meta)
         try:
             config = model_config_from_dict(meta["model_config"], source=str(meta_path))
         except (KeyError, ConfigError) as e:
@@ -230,6 +287,11 @@ class OneDC(nn.Module):
         return out
 
     # ----------------------------------------------------------------- coding
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) padded at the bottom and right to multiples of image_multiple, in the
+        config's image_padding mode."""
+        return pad_to_multiple(x, self.config.image_multiple, self.config.image_padding)
+
     @torch.no_grad()
     def encode(self, image: torch.Tensor) -> tuple[bytes, LatentReconstruction]:
         """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> (the bytes of a onedc file, the
@@ -238,20 +300,29 @@ class OneDC(nn.Module):
         height, width = x.shape[-2:]
         if height > MAX_SIDE or width > MAX_SIDE:
             raise ImageError(f"images up to {MAX_SIDE} pixels per side are supported, got {height}x{width}")
-        padded = pad_to_multiple(x, self.config.image_multiple)
+        padded = self.pad(x)
         out = self.codec.compress(padded, self.encode_latent(padded))
-        identity = self.identity
-        data = bitstream.write(Header(identity, height, width), out["strings"]["y"][0], out["strings"]["z"][0])
+        identity, z_only = self.identity, self.config.codec.z_only
+        y_stream = None if z_only else out["strings"]["y"][0]
+        data = bitstream.write(Header(identity, height, width, z_only), y_stream, out["strings"]["z"][0])
         return data, LatentReconstruction(out["y_hat"], out["c"], height, width, identity)
 
     @torch.no_grad()
     def estimate_bits(self, image: torch.Tensor) -> dict[str, float]:
-        """The entropy model's estimate for one image (3, H, W) in [-1, 1]: {"y": bits from the
-        likelihoods (eval mode: hard rounding), "z": the fixed 14 bits per position}; the file
-        adds its container and the coder's overhead."""
-        x = pad_to_multiple(_check_image(image).to(self.device), self.config.image_multiple)
-        out = self.codec(x, self.encode_latent(x))
-        return {"y": float(out["bits"]["y"][0]), "z": float(out["bits"]["z"][0])}
+        """The entropy model's estimates for one image (3, H, W) in [-1, 1], in eval mode (hard
+        rounding): {"y": our rate model's bits (sigma >= scale_min), "y_official": the official
+        code's eval-mode estimate (sigma >= official_eval_scale_min), "z": the fixed 14 bits per
+        position}; the file adds its container and the coder's overhead. A z-only model's y
+        bits are zero."""
+        x = self.pad(_check_image(image).to(self.device))
+        modes = [(m, m.training) for m in self.codec.modules()]
+        self.codec.eval()
+        try:
+            bits = self.codec(x, self.encode_latent(x))["bits"]
+        finally:
+            for m, training in modes:
+                m.training = training
+        return {"y": float(bits["y"][0]), "y_official": float(bits.get("y_official", bits["y"])[0]), "z": float(bits["z"][0])}
 
     def compress(self, image: torch.Tensor) -> bytes:
         """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> the bytes of a onedc file."""
@@ -267,9 +338,13 @@ class OneDC(nn.Module):
                 f"model mismatch: the file was written by {header.model.describe()}, "
                 f"this model is {self.identity.describe()}"
             )
+        if header.z_only != self.config.codec.z_only:
+            kind = "a z-only file (no y stream)" if header.z_only else "a file with a y stream"
+            raise BitstreamError(f"{kind}, but {self.config.name} {'is' if self.config.codec.z_only else 'is not'} a z-only model")
         m = self.config.image_multiple
         shape = (math.ceil(header.height / m), math.ceil(header.width / m))
-        out = self.codec.decompress({"y": [y_stream], "z": [z_stream]}, shape)
+        strings = {"z": [z_stream]} if header.z_only else {"y": [y_stream], "z": [z_stream]}
+        out = self.codec.decompress(strings, shape)
         return LatentReconstruction(out["y_hat"], out["c"], header.height, header.width, header.model)
 
     @torch.no_grad()

@@ -89,25 +89,29 @@ class FileReport:
 class ImportReport:
     source: Path
     output: Path
-    lmbda: float
+    lmbda: float | None  # None: the z-only model, which has no rate point
     files: list[FileReport] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
 
 
-def release_lambda(folder: Path, lmbda: float | None) -> float:
-    """The rate point: given, or read from a folder name such as `lambda4.6` / `lmbda_12.2`."""
+def release_lambda(folder: Path, lmbda: float | None, z_only: bool) -> float | None:
+    """The rate point: given, or read from a folder name such as `lambda4.6` / `lmbda_12.2`;
+    the z-only release (`exlow_bpp0034`) has none."""
     if lmbda is not None:
         return float(lmbda)
     match = re.search(r"l(?:a)?m(?:b)?da[_-]?(\d+(?:\.\d+)?)", folder.name, re.IGNORECASE)
-    if not match:
-        raise CheckpointError(f"cannot tell the rate point of {folder}: pass --lmbda")
-    return float(match.group(1))
+    if match:
+        return float(match.group(1))
+    if z_only:
+        return None
+    raise CheckpointError(f"cannot tell the rate point of {folder}: pass --lmbda")
 
 
 def import_official(source: str | Path, output: str | Path, config: ModelConfig, lmbda: float | None = None) -> ImportReport:
     """Convert an official rate-point folder into our checkpoint folder (written atomically).
     Every key of both files must map onto a codec or generator weight of `config` with its
-    shape, and every such weight must be filled; anything else is a CheckpointError."""
+    shape, and every such weight must be filled; anything else is a CheckpointError. The z-only
+    release has the same files and keys: import it with a z-only config (onedc_sd15_zonly)."""
     from .model import OneDC, write_checkpoint
 
     source, output = Path(source), Path(output)
@@ -118,7 +122,7 @@ def import_official(source: str | Path, output: str | Path, config: ModelConfig,
     if missing:
         raise CheckpointError(f"{source} is not an official OneDC rate point: {', '.join(missing)} missing "
                               "(a release folder holds model.safetensors, the generator, and model_1.safetensors, the codec)")
-    report = ImportReport(source, output, release_lambda(source, lmbda))
+    report = ImportReport(source, output, release_lambda(source, lmbda, config.codec.z_only))
     for name in present:
         if name in RELEASE_FILES:
             continue

@@ -248,13 +248,3 @@ def load_frozen_weights(model, weight_paths: dict[str, str | None] | None = None
         if name not in EXTERNAL_WEIGHTS:
             raise ConfigError(f"external.{key}: unknown weights {name!r}; known: {', '.join(EXTERNAL_WEIGHTS)}")
         load(module, require(name, weight_paths))
-
-
-def load_pretrained(path: str | Path, weight_paths: dict[str, str | None] | None = None):
-    """A OneDC checkpoint folder with its frozen parts: the checkpoint's trainable weights
-    (OneDC.from_pretrained) plus the external weights its config names."""
-    from .model import OneDC
-
-    model = OneDC.from_pretrained(path)
-    load_frozen_weights(model, weight_paths)
-    return model

@@ -17,7 +17,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from onedc import OneDC, load_pretrained
+from onedc import OneDC
 from onedc.eval.metrics import psnr
 from onedc.image_io import load_image, save_image, to_uint8_tensor
 from onedc.train.config import compose
@@ -70,7 +70,7 @@ def main() -> int:
     start = time.perf_counter()
     train(run, out / "train")
     minutes = (time.perf_counter() - start) / 60
-    trained = load_pretrained(out / "train" / "checkpoints" / "best")
+    trained = OneDC.from_pretrained(out / "train" / "checkpoints" / "best")
     after = evaluate(trained, images, out / "after")
 
     print(f"\ntrained in {minutes:.1f} min; best checkpoint: {out / 'train' / 'checkpoints' / 'best'} ({trained.identity.describe()})")

@@ -11,6 +11,7 @@ import skimage.data
 import torch
 
 from onedc import OneDC
+from onedc.codec.context_model import gaussian_likelihood
 from onedc.model import pad_to_multiple
 
 # torchrun-style launch of 2 processes; train.cpu=true (the quickstarts) makes them CPU ranks on gloo
@@ -53,7 +54,8 @@ def fit_entropy_model(model: OneDC, images: list[torch.Tensor], steps: int = 200
         for step in range(steps):
             y, z_hat = cached[step % len(cached)]
             _, features = codec.h_dec(z_hat)
-            _, likelihoods = codec.context(y, features, codec.cfg.entropy)
+            _, residuals, scales = codec.context(y, features, codec.cfg.entropy.noise)
+            likelihoods = gaussian_likelihood(residuals, scales, codec.cfg.entropy.scale_min, codec.cfg.entropy)
             loss = -torch.log2(likelihoods).mean()
             optimizer.zero_grad()
             loss.backward()

@@ -84,3 +84,30 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o755
+
+
+def test_format_1_checkpoints_load_with_the_values_they_were_built_with(tiny_model, tmp_path):
+    """Format 1 did not record the keys added since; an imported official release (it bundles
+    frozen weights) gets the official vae_reduction eps, 1e-6, not our former default."""
+    tiny_model.save_pretrained(tmp_path / "ours")
+    meta = json.loads((tmp_path / "ours" / "onedc.json").read_text())
+    config = meta["model_config"]
+    meta["format_version"] = 1
+    del config["image_padding"], config["codec"]["z_only"], config["generator"]["unet"]["norm_eps"]
+    config["generator"]["reduction_eps"] = 1e-5
+    (tmp_path / "ours" / "onedc.json").write_text(json.dumps(meta))
+    loaded = OneDC.from_pretrained(tmp_path / "ours")
+    assert loaded.identity == tiny_model.identity
+    assert (loaded.config.image_padding, loaded.config.codec.z_only, loaded.config.generator.unet.norm_eps) == ("replicate", False, 1e-5)
+    assert loaded.config.generator.reduction_eps == 1e-5  # trained by us with it: kept
+    assert loaded.generator.vae_reduction.blocks[0].eps == 1e-5
+    # the same checkpoint as an official import (with bundled frozen weights)
+    meta["frozen_digest"] = "x"
+    (tmp_path / "ours" / "onedc.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="frozen.safetensors"):  # the bundle is missing here ...
+        OneDC.from_pretrained(tmp_path / "ours")
+    from onedc.model import upgrade_format_1
+
+    meta["format_version"] = 1
+    upgrade_format_1(meta)  # ... but the config is upgraded to the official eps
+    assert meta["model_config"]["generator"]["reduction_eps"] == 1e-6 and meta["format_version"] == 2

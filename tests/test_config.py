@@ -18,7 +18,7 @@ def test_shipped_configs_compose_and_validate():
 
 
 def test_unknown_name_lists_the_available_configs():
-    with pytest.raises(ConfigError, match="available: onedc_sd15, onedc_tiny"):
+    with pytest.raises(ConfigError, match="available: onedc_sd15, onedc_sd15_zonly, onedc_tiny, onedc_tiny_zonly"):
         load_model_config("onedc_huge")
 
 

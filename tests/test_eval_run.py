@@ -59,13 +59,12 @@ class TinyFeatures(nn.Module):
 
 
 def test_evaluation_writes_every_report_and_resumes(photo_folder, checkpoints, tmp_path):
-    from onedc.weights import load_pretrained
 
     # the Table G setting (baselines, BD-rate) on 128 px crops of the photos, FID on 64 px patches
     setting = Setting("kodak_crop512", "folder", 128, (Protocol("fid64", 64, 2),))
     suite = MetricSuite(("psnr", "ms-ssim", "lpips", "dists", "fid"), LPIPSAlex.from_random(0), DISTSMetric.from_random(0),
                         [DistributionMetrics(setting.protocols[0], feature_extractor=TinyFeatures(), kid_subset_size=50)])
-    models = [load_pretrained(c) for c in checkpoints]
+    models = [OneDC.from_pretrained(c) for c in checkpoints]
     images = sorted(photo_folder.glob("*.png"))
     written = evaluate(models, setting, images, tmp_path, suite, progress=False)
     out = tmp_path / "kodak_crop512"

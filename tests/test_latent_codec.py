@@ -38,9 +38,14 @@ def test_training_mode_uses_noise_and_straight_through_gradients(tiny_config, ph
 
 def test_likelihood_known_values(tiny_config):
     cfg = tiny_config.codec.entropy
-    lik = gaussian_likelihood(torch.tensor([0.0, 1.0, 50.0]), torch.tensor([1.0, 1.0, 0.01]), cfg)
+    lik = gaussian_likelihood(torch.tensor([0.0, 1.0, 50.0]), torch.tensor([1.0, 1.0, 0.01]), cfg.scale_min, cfg)
     # N(0,1) mass of [-0.5, 0.5] and [0.5, 1.5]; the third is below the 1e-9 bound
     assert torch.allclose(lik, torch.tensor([0.382925, 0.241730, 1e-9]), atol=1e-6)
+    # a scale below the bound: sigma 0.11 (ours) puts 1 - 5.6e-6 on zero, sigma 0.02 (the
+    # official eval-mode bound lets it through) puts all of it there
+    small = torch.tensor([0.02])
+    assert torch.allclose(gaussian_likelihood(torch.zeros(1), small, cfg.scale_min, cfg), torch.tensor([0.9999945]), atol=3e-7)
+    assert float(gaussian_likelihood(torch.zeros(1), small, cfg.official_eval_scale_min, cfg)) == 1.0
     assert torch.allclose(rate_bits(torch.tensor([1.0, 0.5]), cfg), torch.tensor([0.0, 0.99997]), atol=1e-4)
 
 

@@ -13,7 +13,6 @@ from onedc import CheckpointError, OneDC, load_model_config
 from onedc.cli import main
 from onedc.model import build_code_predictor
 from onedc.official import OFFICIAL_PREFIXES, import_official, load_code_predictor
-from onedc.weights import load_pretrained
 
 MANIFEST = json.loads((Path(__file__).parent / "data" / "official_keys.json").read_text())["files"]
 
@@ -49,14 +48,14 @@ def test_tiny_release_imports_round_trips_and_codes_identically(source_model, ti
     report = import_official(tmp_path / "lambda2.9", tmp_path / "ours", tiny_config)
     assert report.lmbda == 2.9 and [f.file for f in report.files] == ["model.safetensors", "model_1.safetensors"]
     assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["frozen.safetensors", "model.safetensors", "onedc.json"]
-    imported = load_pretrained(tmp_path / "ours")
+    imported = OneDC.from_pretrained(tmp_path / "ours")
     original = {k: v for k, v in source_model.state_dict().items() if not k.startswith("vae.")}
     loaded = imported.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in original.items())
     assert imported.config.external.unet is None  # the U-Net base came with the checkpoint
     # import -> save -> load keeps every tensor
     imported.save_pretrained(tmp_path / "again")
-    again = load_pretrained(tmp_path / "again")
+    again = OneDC.from_pretrained(tmp_path / "again")
     assert all(torch.equal(again.trainable_state_dict()[k], v) for k, v in imported.trainable_state_dict().items())
     # and it codes like the model it came from
     image = photos["chelsea"][:, :96, :128]

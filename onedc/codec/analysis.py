@@ -11,7 +11,7 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from ..config import AnalysisConfig, BlockConfig
-from .blocks import DepthConvBlock, ResBlock, SpatialAttention, conv3x3
+from .blocks import DepthConvBlock, ResBlock, SpatialAttention, conv3x3, forward_capturing
 
 
 class AnalysisTransform(nn.Module):
@@ -30,6 +30,7 @@ class AnalysisTransform(nn.Module):
             layers_per_block=u.layers_per_block,
             attention_head_dim=u.attention_head_dim,
             norm_num_groups=u.norm_num_groups,
+            norm_eps=u.norm_eps,
         )
         # The U-Net's conv_in is replaced by ResBlks and a stride-2 conv, so it runs at 1/16.
         stem = u.block_out_channels[0]
@@ -45,12 +46,7 @@ class AnalysisTransform(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, x_lat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (y, sem); sem is the U-Net mid-block output, captured with a forward hook."""
+        """Returns (y, sem); sem is the U-Net mid-block output."""
         fused = self.pix_fusion(torch.cat([self.pix_emb(x), x_lat], dim=1))
-        captured: list[torch.Tensor] = []
-        handle = self.unet.mid_block.register_forward_hook(lambda module, args, out: captured.append(out))
-        try:
-            out = self.unet(fused, self.timestep).sample
-        finally:
-            handle.remove()
-        return self.trunk(out), captured[0]
+        out, sem = forward_capturing(self.unet, self.unet.mid_block, fused, self.timestep)
+        return self.trunk(out.sample), sem

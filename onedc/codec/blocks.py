@@ -8,11 +8,25 @@ Shapes are (B, C, H, W) throughout.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import BlockConfig
+
+
+def forward_capturing(module: nn.Module, inner: nn.Module, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """`module(*args, **kwargs)` and the output of its submodule `inner` during that call
+    (captured with a forward hook, removed afterwards): e.g. a diffusers U-Net's mid-block."""
+    captured: list[Any] = []
+    handle = inner.register_forward_hook(lambda _module, _args, output: captured.append(output))
+    try:
+        output = module(*args, **kwargs)
+    finally:
+        handle.remove()
+    return output, captured[-1]
 
 
 def conv1x1(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:

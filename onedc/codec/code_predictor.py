@@ -72,9 +72,9 @@ class SwinBlock(nn.Module):
 
     def __init__(self, dim: int, cfg: PredictorConfig, shifted: bool, position_bias: bool):
         super().__init__()
-        self.norm_attn = nn.LayerNorm(dim)
+        self.norm_attn = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.attention_block = WindowAttention(dim, cfg.heads, cfg.head_dim, cfg.window, shifted, position_bias)
-        self.norm_mlp = nn.LayerNorm(dim)
+        self.norm_mlp = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.mlp_block = nn.Module()
         self.mlp_block.net = nn.Sequential(nn.Linear(dim, cfg.mlp_ratio * dim), nn.GELU(), nn.Linear(cfg.mlp_ratio * dim, dim))
 
@@ -102,10 +102,10 @@ class CodePredictor(nn.Module):
         self.blocks = nn.ModuleList(DualSwinBlock(dim, cfg, position_bias=i < cfg.position_bias_blocks) for i in range(cfg.blocks))
         self.mlp_head = nn.Sequential(
             conv1x1(dim, cfg.head_channels),
-            nn.GroupNorm(cfg.head_groups, cfg.head_channels),
+            nn.GroupNorm(cfg.head_groups, cfg.head_channels, eps=cfg.head_norm_eps),
             nn.GELU(),
             conv1x1(cfg.head_channels, dim),
-            nn.GroupNorm(cfg.head_groups, dim),
+            nn.GroupNorm(cfg.head_groups, dim, eps=cfg.head_norm_eps),
             nn.GELU(),
             conv1x1(dim, codebook_size),
         )

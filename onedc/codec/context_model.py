@@ -47,12 +47,13 @@ def step_masks(channels: int, height: int, width: int, dtype: torch.dtype, devic
     return masks
 
 
-def gaussian_likelihood(residual: torch.Tensor, scales: torch.Tensor, cfg: EntropyConfig) -> torch.Tensor:
+def gaussian_likelihood(residual: torch.Tensor, scales: torch.Tensor, scale_min: float, cfg: EntropyConfig) -> torch.Tensor:
     """Mass of [r - 1/2, r + 1/2] under N(0, sigma^2), sigma >= scale_min and mass >=
-    likelihood_bound, both with gradient-preserving lower bounds (compressai's LowerBound);
-    computed in float32 at least."""
+    cfg.likelihood_bound, both with gradient-preserving lower bounds (compressai's LowerBound);
+    computed in float32 at least. scale_min is cfg.scale_min for our rate (training and
+    evaluation alike) and cfg.official_eval_scale_min for the official eval-mode estimate."""
     residual, scales = residual.float(), scales.float()  # full precision even under bf16 autocast
-    sigma = LowerBoundFunction.apply(scales, scales.new_tensor([cfg.scale_min]))
+    sigma = LowerBoundFunction.apply(scales, scales.new_tensor([scale_min]))
     v = residual.abs()
     upper = 0.5 * torch.erfc((v - 0.5) / (sigma * math.sqrt(2.0)))
     lower = 0.5 * torch.erfc((v + 0.5) / (sigma * math.sqrt(2.0)))
@@ -90,22 +91,30 @@ class QuadtreeContextModel(nn.Module):
             y_hat = y_hat + masks[step] * (q + means)
         return y_hat
 
-    def forward(self, y: torch.Tensor, features: torch.Tensor, cfg: EntropyConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """y_hat from the prior alone (the z-only model): the 4-step loop with every residual
+        zero, so each step's means are predicted from the prior and the means decoded so far."""
+        return self.run(features, lambda step, scales, means, mask: torch.zeros_like(means))
+
+    def forward(self, y: torch.Tensor, features: torch.Tensor, noise: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training / evaluation pass: y_hat with straight-through rounding of the residuals, and
-        per-element likelihoods (noisy residuals in training mode, rounded ones in eval mode)."""
-        likelihoods = torch.ones_like(y)
+        for the rate model, per element of y, the residual it sees (plus U(-noise, noise) in
+        training mode, rounded in eval mode) and the scale predicted for it."""
+        rate_input, all_scales = torch.zeros_like(y), torch.zeros_like(y)
 
         def code_step(step: int, scales: torch.Tensor, means: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            nonlocal likelihoods
+            nonlocal rate_input, all_scales
             r = y - means
             if self.training:
-                rate_input = r + torch.empty_like(r).uniform_(-cfg.noise, cfg.noise)
+                rounded = r + torch.empty_like(r).uniform_(-noise, noise)
             else:
-                rate_input = torch.round(r)
-            likelihoods = torch.where(mask.bool(), gaussian_likelihood(rate_input, scales, cfg), likelihoods)
+                rounded = torch.round(r)
+            selected = mask.bool()
+            rate_input = torch.where(selected, rounded, rate_input)
+            all_scales = torch.where(selected, scales, all_scales)
             return quantize_ste(r)
 
-        return self.run(features, code_step), likelihoods
+        return self.run(features, code_step), rate_input, all_scales
 
     def compress(self, y: torch.Tensor, features: torch.Tensor, coder: GaussianCoder, max_symbol: int) -> tuple[list[bytes], torch.Tensor]:
         """Encode y (B, Cy, h, w); returns one rANS stream per image and the decoder's y_hat."""

@@ -29,6 +29,7 @@ class GaussianCoder:
 
     def __init__(self, cfg: EntropyConfig):
         table = torch.exp(torch.linspace(math.log(cfg.scale_min), math.log(cfg.scale_max), cfg.scale_levels, dtype=torch.float64))
+        self.scale_table = table  # (scale_levels,) float64: the Gaussian scale of each table
         self._conditional = GaussianConditional(table.tolist(), scale_bound=cfg.scale_min, tail_mass=cfg.tail_mass)
         self._conditional.update()
         self.cdfs = self._conditional.quantized_cdf.tolist()

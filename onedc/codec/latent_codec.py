@@ -6,6 +6,8 @@ x (B, 3, H, W) in [-1, 1], H and W multiples of 64; x_lat (B, 4, H/8, W/8)
   g_a -> y (B, Cy, H/16, W/16), sem;  h_enc -> z;  FSQ -> z_hat, indices (B, H/64, W/64)
   hyper-decoder(z_hat) -> f_z, features;  context model -> y_hat;  h_sem(f_z) -> c
   g_s(y_hat, c) -> y_in (B, Cin, H/8, W/8)
+A z-only codec (the "exlow" model, `z_only: true`) transmits no y: its y_hat is the context
+model's prediction from z alone (`QuadtreeContextModel.predict`: every residual zero).
 
 Bit-exactness: the decoder rebuilds z_hat from the transmitted indices, and the encoder
 derives every entropy parameter from that same z_hat and from the y_hat the decoder will
@@ -23,7 +25,7 @@ from torch import nn
 from ..config import BlockConfig, CodecConfig
 from ..errors import BitstreamError
 from .analysis import AnalysisTransform
-from .context_model import QuadtreeContextModel, rate_bits
+from .context_model import QuadtreeContextModel, gaussian_likelihood, rate_bits
 from .entropy_coding import GaussianCoder, pack_fixed_width, unpack_fixed_width
 from .exact import exact_copy
 from .hyperprior import FSQ, HyperDecoder, HyperEncoder
@@ -54,15 +56,25 @@ class LatentCodec(nn.Module):
         return self._coder
 
     def forward(self, x: torch.Tensor, x_lat: torch.Tensor) -> dict:
-        """Training / evaluation pass. bits["y"] uses the training rate formula per image;
-        bits["z"] is the fixed cost of the indices per image."""
+        """Training / evaluation pass. bits["y"] is the rate formula per image (noisy residuals in
+        training mode, rounded ones in eval mode; zero for a z-only model); in eval mode also
+        bits["y_official"], the official code's eval-mode estimate (sigma bounded at
+        official_eval_scale_min instead of scale_min). bits["z"] is the fixed cost of the indices."""
+        e = self.cfg.entropy
         y, sem = self.g_a(x, x_lat)
         z_hat, indices = self.fsq(self.h_enc(y, sem))
         f_z, features = self.h_dec(z_hat)
-        y_hat, likelihoods = self.context(y, features, self.cfg.entropy)
         c = self.h_sem(f_z)
-        bits_y = rate_bits(likelihoods, self.cfg.entropy).flatten(1).sum(dim=1)
-        bits_z = torch.full_like(bits_y, float(indices[0].numel() * self.fsq.bits))
+        if self.cfg.z_only:
+            y_hat = self.context.predict(features)
+            likelihoods = {"y": torch.ones_like(y)}
+        else:
+            y_hat, residuals, scales = self.context(y, features, e.noise)
+            likelihoods = {"y": gaussian_likelihood(residuals, scales, e.scale_min, e)}
+            if not self.training:
+                likelihoods["y_official"] = gaussian_likelihood(residuals, scales, e.official_eval_scale_min, e)
+        bits = {name: rate_bits(p, e).flatten(1).sum(dim=1) for name, p in likelihoods.items()}
+        bits["z"] = torch.full_like(bits["y"], float(indices[0].numel() * self.fsq.bits))
         return {
             "y": y,
             "y_hat": y_hat,
@@ -70,8 +82,8 @@ class LatentCodec(nn.Module):
             "indices": indices,
             "c": c,
             "y_in": self.g_s(y_hat, c),
-            "likelihoods": {"y": likelihoods},
-            "bits": {"y": bits_y, "z": bits_z},
+            "likelihoods": likelihoods,
+            "bits": bits,
         }
 
     def weights_fingerprint(self) -> tuple:
@@ -94,15 +106,18 @@ class LatentCodec(nn.Module):
     @torch.no_grad()
     def compress(self, x: torch.Tensor, x_lat: torch.Tensor) -> dict:
         """-> {"strings": {"y": [bytes] * B, "z": [bytes] * B}, "shape": (H/64, W/64),
-        "y_hat": what the decoder will reconstruct, "c"}"""
+        "y_hat": what the decoder will reconstruct, "c"}; a z-only codec has no "y" strings."""
         y, sem = self.g_a(x, x_lat)
         _, indices = self.fsq(self.h_enc(y, sem))
         exact = self._exact_entropy_model()
         _, features = exact["h_dec"](self.fsq.codes(indices).double())
-        y_strings, y_hat = exact["context"].compress(y.double(), features, self.coder, self.cfg.entropy.max_symbol)
-        z_strings = [pack_fixed_width(i.cpu().numpy(), self.fsq.bits) for i in indices]
+        strings = {"z": [pack_fixed_width(i.cpu().numpy(), self.fsq.bits) for i in indices]}
+        if self.cfg.z_only:
+            y_hat = exact["context"].predict(features)
+        else:
+            strings["y"], y_hat = exact["context"].compress(y.double(), features, self.coder, self.cfg.entropy.max_symbol)
         return {
-            "strings": {"y": y_strings, "z": z_strings},
+            "strings": strings,
             "shape": tuple(indices.shape[-2:]),
             "y_hat": y_hat.to(x.device, torch.float32),
             "c": self._semantic(indices),
@@ -110,7 +125,8 @@ class LatentCodec(nn.Module):
 
     @torch.no_grad()
     def decompress(self, strings: dict, shape: tuple[int, int]) -> dict:
-        """strings {"y": [bytes] * B, "z": [bytes] * B}, shape (H/64, W/64) -> {"y_hat", "c"}."""
+        """strings {"y": [bytes] * B, "z": [bytes] * B} (no "y" for a z-only codec), shape
+        (H/64, W/64) -> {"y_hat", "c"}."""
         h, w = shape
         device = next(self.parameters()).device
         indices = torch.stack(
@@ -121,5 +137,8 @@ class LatentCodec(nn.Module):
         indices = indices.to(device)
         exact = self._exact_entropy_model()
         _, features = exact["h_dec"](self.fsq.codes(indices).double())
-        y_hat = exact["context"].decompress(strings["y"], features, self.coder, self.cfg.entropy.max_symbol)
+        if self.cfg.z_only:
+            y_hat = exact["context"].predict(features)
+        else:
+            y_hat = exact["context"].decompress(strings["y"], features, self.coder, self.cfg.entropy.max_symbol)
         return {"y_hat": y_hat.to(device, torch.float32), "c": self._semantic(indices)}

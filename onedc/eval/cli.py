@@ -80,7 +80,7 @@ def _load(checkpoint: str | None, model: str, weights: dict, device: str):
     from ..model import OneDC
 
     if checkpoint:
-        return external.load_pretrained(checkpoint, weights).to(device).eval()
+        return OneDC.from_pretrained(checkpoint, weights).to(device).eval()
     warnings.warn(f"no --checkpoint: evaluating the untrained, seeded {model} (its numbers mean nothing)", stacklevel=2)
     return OneDC.untrained(load_model_config(model)).to(device).eval()
 

@@ -1,6 +1,7 @@
-"""The one-step generator (SPEC.md 3.7): an SD1.5 `UNet2DConditionModel` (DMD2 weights at full
-size) with a LoRA adapter (peft), a new 320 -> 320 input conv fed with g_s's output, and
-`vae_reduction` giving the pseudo noisy latent of the x0 formula.
+"""The one-step generator (docs/design.md, "One-step generator"): an SD1.5
+`UNet2DConditionModel` (DMD2 weights at full size) with a LoRA adapter (peft), a new 320 -> 320
+input conv fed with g_s's output, and `vae_reduction` giving the pseudo noisy latent of the x0
+formula.
 
 y_in (B, Cin, H/8, W/8) and c tokens (B, H/64 * W/64, Cc)
   x_t  = vae_reduction(y_in)                         (B, 4, H/8, W/8)
@@ -16,7 +17,33 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from peft import LoraConfig
 from torch import nn
 
-from ..config import GeneratorConfig
+from ..config import GeneratorConfig, GeneratorUNetConfig, NoiseScheduleConfig
+
+
+def sd_unet(cfg: GeneratorUNetConfig) -> UNet2DConditionModel:
+    """A plain U-Net of the SD1.5 architecture (its own 4-channel conv_in, no LoRA), randomly
+    initialised: the generator's base and Stage II's real and fake scores."""
+    return UNet2DConditionModel(
+        sample_size=cfg.sample_size,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        down_block_types=tuple(cfg.down_block_types),
+        up_block_types=tuple(cfg.up_block_types),
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        attention_head_dim=cfg.attention_head_dim,
+        cross_attention_dim=cfg.cross_attention_dim,
+        norm_num_groups=cfg.norm_num_groups,
+        norm_eps=cfg.norm_eps,
+    )
+
+
+def alphas_cumprod(cfg: NoiseScheduleConfig) -> torch.Tensor:
+    """The DDPM schedule's cumulative alphas (num_train_timesteps,), float64."""
+    scheduler = DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start, beta_end=cfg.beta_end, beta_schedule=cfg.beta_schedule
+    )
+    return scheduler.alphas_cumprod.to(torch.float64)
 
 
 def is_trainable(name: str) -> bool:
@@ -48,19 +75,7 @@ class OneStepGenerator(nn.Module):
     def __init__(self, cfg: GeneratorConfig, in_channels: int):
         super().__init__()
         u = cfg.unet
-        self.unet = UNet2DConditionModel(
-            sample_size=u.sample_size,
-            in_channels=u.in_channels,
-            out_channels=u.out_channels,
-            down_block_types=tuple(u.down_block_types),
-            up_block_types=tuple(u.up_block_types),
-            block_out_channels=tuple(u.block_out_channels),
-            layers_per_block=u.layers_per_block,
-            attention_head_dim=u.attention_head_dim,
-            cross_attention_dim=u.cross_attention_dim,
-            norm_num_groups=u.norm_num_groups,
-        )
-        self.unet.requires_grad_(False)
+        self.unet = sd_unet(u).requires_grad_(False)
         # The new input conv replaces SD1.5's 4 -> 320 conv_in; it is not LoRA-wrapped.
         self.unet.conv_in = nn.Conv2d(in_channels, u.block_out_channels[0], 3, padding=1)
         self.unet.add_adapter(
@@ -70,11 +85,7 @@ class OneStepGenerator(nn.Module):
         for name, p in self.named_parameters():
             p.requires_grad_(is_trainable(name))
         self.timestep = cfg.timestep
-        s = cfg.noise_schedule
-        scheduler = DDPMScheduler(
-            num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end, beta_schedule=s.beta_schedule
-        )
-        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(torch.float64), persistent=False)
+        self.register_buffer("alphas_cumprod", alphas_cumprod(cfg.noise_schedule), persistent=False)
 
     def forward(self, y_in: torch.Tensor, c_tokens: torch.Tensor) -> torch.Tensor:
         """y_in (B, Cin, h, w), c_tokens (B, n, Cc) -> y_out (B, 4, h, w), float32."""

@@ -100,6 +100,7 @@ class DMDConfig:
     pixel_weight: float = MISSING
     fake_denoise_weight: float = MISSING
     gan_guidance_weight: float = MISSING
+    head_norm_eps: float = MISSING
     guidance_lr: float = MISSING
     real_score_bf16: bool = MISSING
     fsdp: bool = MISSING  # shard the guidance over the processes (FSDP2)

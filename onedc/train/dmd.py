@@ -14,22 +14,12 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
+from ..codec.blocks import forward_capturing
 from ..config import GeneratorConfig, TextEncoderConfig
 from ..data.training import stable_hash
-
-
-def sd_unet(cfg: GeneratorConfig) -> UNet2DConditionModel:
-    """A plain SD1.5-architecture U-Net (its own 4-channel conv_in, no LoRA)."""
-    u = cfg.unet
-    return UNet2DConditionModel(
-        sample_size=u.sample_size, in_channels=u.in_channels, out_channels=u.out_channels,
-        down_block_types=tuple(u.down_block_types), up_block_types=tuple(u.up_block_types),
-        block_out_channels=tuple(u.block_out_channels), layers_per_block=u.layers_per_block,
-        attention_head_dim=u.attention_head_dim, cross_attention_dim=u.cross_attention_dim, norm_num_groups=u.norm_num_groups,
-    )
+from ..generator.one_step_unet import alphas_cumprod, sd_unet
 
 
 @contextmanager
@@ -95,13 +85,13 @@ class DiscriminatorHead(nn.Sequential):
     """On the fake score's mid-block features (C channels): 4x4 conv stride 2 -> GN -> SiLU ->
     4x4 conv stride 4 -> GN -> SiLU -> 1x1 conv -> logits (8x8 -> 4x4 -> 1x1 at 512^2)."""
 
-    def __init__(self, channels: int, groups: int):
+    def __init__(self, channels: int, groups: int, eps: float):
         super().__init__(
             nn.Conv2d(channels, channels, 4, stride=2, padding=1),
-            nn.GroupNorm(groups, channels),
+            nn.GroupNorm(groups, channels, eps=eps),
             nn.SiLU(),
             nn.Conv2d(channels, channels, 4, stride=4),
-            nn.GroupNorm(groups, channels),
+            nn.GroupNorm(groups, channels, eps=eps),
             nn.SiLU(),
             nn.Conv2d(channels, 1, 1),
         )
@@ -115,14 +105,12 @@ class Guidance(nn.Module):
     def __init__(self, generator_cfg: GeneratorConfig, dmd):
         super().__init__()
         self.dmd = dmd
-        self.real_unet = sd_unet(generator_cfg).requires_grad_(False)
-        self.fake_unet = sd_unet(generator_cfg)
         u = generator_cfg.unet
-        self.cls_pred_branch = DiscriminatorHead(u.block_out_channels[-1], u.norm_num_groups)
-        s = generator_cfg.noise_schedule
-        scheduler = DDPMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end, beta_schedule=s.beta_schedule)
-        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(torch.float64), persistent=False)
-        self.num_timesteps = s.num_train_timesteps
+        self.real_unet = sd_unet(u).requires_grad_(False)
+        self.fake_unet = sd_unet(u)
+        self.cls_pred_branch = DiscriminatorHead(u.block_out_channels[-1], u.norm_num_groups, dmd.head_norm_eps)
+        self.register_buffer("alphas_cumprod", alphas_cumprod(generator_cfg.noise_schedule), persistent=False)
+        self.num_timesteps = generator_cfg.noise_schedule.num_train_timesteps
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The fake score and the head: what a Stage II checkpoint stores of the guidance (DTensors
@@ -175,13 +163,8 @@ class Guidance(nn.Module):
     def classify(self, noisy: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """GAN logits (B,) from the fake score's mid-block output (forward hook), averaged over
         the head's output positions."""
-        captured: list[torch.Tensor] = []
-        handle = self.fake_unet.mid_block.register_forward_hook(lambda m, args, out: captured.append(out))
-        try:
-            self.fake_unet(noisy, t, encoder_hidden_states=cond)
-        finally:
-            handle.remove()
-        return self.cls_pred_branch(captured[0]).float().flatten(1).mean(dim=1)
+        _, mid = forward_capturing(self.fake_unet, self.fake_unet.mid_block, noisy, t, encoder_hidden_states=cond)
+        return self.cls_pred_branch(mid).float().flatten(1).mean(dim=1)
 
     def _t(self, n: int, low: int, high: int, device) -> torch.Tensor:
         """n timesteps uniform in [low, high] (inclusive), from the global RNG."""

@@ -73,7 +73,7 @@ class Stage2Trainer(StageTrainer):
         if run.dmd.fsdp and accelerator.num_processes < 2:
             raise ConfigError("dmd.fsdp=true shards the guidance over processes: launch 2 or more, e.g. "
                               "accelerate launch --config_file configs/accelerate/4gpu.yaml -m onedc.train ...")
-        model = external.load_pretrained(t.init_from, run.weights)
+        model = OneDC.from_pretrained(t.init_from, run.weights)
         if model.config.name != run.model.name:
             accelerator.print(f"note: training {model.config.name} from {t.init_from} (model={run.model.name} ignored)")
         if model.lmbda is not None:  # the rate point is the Stage I model's
