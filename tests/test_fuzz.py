@@ -31,7 +31,7 @@ def cases(seeds: list[bytes], rng: random.Random):
         elif kind == 1:  # truncation
             yield "truncate", base[: rng.randrange(len(base))]
         elif kind == 2:  # random bytes, sometimes behind the magic and version
-            prefix = b"ONDC\x01" if rng.random() < 0.5 else b""
+            prefix = b"ONDC\x02\x00" if rng.random() < 0.5 else b""
             yield "random", prefix + rng.randbytes(rng.randint(0, 300))
         elif kind == 3:  # payload bytes replaced, checksum fixed
             d = bytearray(body)
@@ -40,24 +40,24 @@ def cases(seeds: list[bytes], rng: random.Random):
                 d[j] = rng.randrange(256)
             yield "payload+crc", fix_crc(bytes(d))
         elif kind == 4:  # payload bytes all set to one value (long escape runs), checksum fixed
-            n = body[5]
-            payload_at = 6 + n + 16
+            n = body[6]
+            payload_at = 7 + n + 16
             yield "fill+crc", fix_crc(body[:payload_at] + bytes([rng.choice([0x00, 0xFF, 0x0F, 0xF0])]) * (len(body) - payload_at))
         elif kind == 5:  # header field mutations, checksum fixed
             d = bytearray(body)
-            n = d[5]
-            field = rng.choice([(6 + n, 4), (10 + n, 4), (14 + n, 2), (16 + n, 2), (18 + n, 4), (5, 1)])
+            n = d[6]
+            field = rng.choice([(7 + n, 4), (11 + n, 4), (15 + n, 2), (17 + n, 2), (19 + n, 4), (6, 1), (5, 1)])
             at, size = field
             d[at : at + size] = rng.randbytes(size)
             yield "header+crc", fix_crc(bytes(d))
         else:  # y stream grown or shrunk with a consistent length field, checksum fixed
-            n = body[5]
-            payload_at = 6 + n + 16
-            (y_len,) = struct.unpack_from(">I", body, 18 + n)
+            n = body[6]
+            payload_at = 7 + n + 16
+            (y_len,) = struct.unpack_from(">I", body, 19 + n)
             new_len = rng.randint(0, 2 * y_len + 8)
             y = rng.randbytes(new_len)
             z = body[payload_at + y_len :]
-            yield "ystream+crc", fix_crc(body[: 18 + n] + struct.pack(">I", new_len) + body[22 + n : payload_at] + y + z)
+            yield "ystream+crc", fix_crc(body[: 19 + n] + struct.pack(">I", new_len) + y + z)
 
 
 def test_fuzzed_files_decode_or_raise_bitstream_error(fitted_model, photos):

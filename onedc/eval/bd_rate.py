@@ -9,8 +9,11 @@ needs fewer bits than the anchor for the same quality.
 Methods:
 
 - ``"cubic"`` (default): Bjontegaard's VCEG-M33, a least-squares cubic polynomial per curve,
-  integrated exactly. Needs at least 4 points with distinct metric values; runs on curves that
-  are not monotonic (FID at very low rates often is not).
+  integrated exactly; runs on curves that are not monotonic (FID at very low rates often is
+  not). A cubic needs 4 points with distinct metric values; a curve with only 3 (PerCo (SD) in
+  the supplementary's Table E) gets the minimum-norm least-squares cubic that the classic
+  script's ``numpy.polyfit`` returns for it, and the result is flagged ``degenerate`` (the
+  supplementary's Table A was evidently computed this way: it matches to 0.5%).
 - ``"pchip"`` / ``"akima"``: scipy's PchipInterpolator / Akima1DInterpolator through the
   points, integrated exactly with the interpolator's own ``integrate`` (no sampling). Need at
   least 3 points on a curve whose metric improves at every step up in rate; otherwise a
@@ -26,6 +29,7 @@ raise `BDRateError`; no NaN is ever returned.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -38,7 +42,8 @@ from onedc.errors import OneDCError
 from onedc.eval.baselines import ResultsError, load_all, load_results
 
 METHODS = ("cubic", "pchip", "akima")
-MIN_POINTS = {"cubic": 4, "pchip": 3, "akima": 3}
+MIN_POINTS = {"cubic": 3, "pchip": 3, "akima": 3}
+CUBIC_POINTS = 4  # fewer distinct points make the cubic fit degenerate (minimum-norm)
 LOWER_IS_BETTER = frozenset({"lpips", "dists", "fid", "kid", "fid-swav", "mse"})
 DEFAULT_METRICS = ("lpips", "dists", "fid")
 
@@ -53,18 +58,20 @@ class BDRate:
 
     percent: rate difference in % (negative = bits saved); overlap: (lo, hi) metric interval
     integrated over, in the metric's units; method: "cubic", "pchip" or "akima";
-    points: (anchor, test) point counts.
+    points: (anchor, test) point counts; degenerate: a cubic fitted through fewer than 4 distinct
+    metric values (its minimum-norm least-squares solution).
     """
 
     percent: float
     overlap: tuple[float, float]
     method: str
     points: tuple[int, int]
+    degenerate: bool = False
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {"percent": self.percent, "overlap": list(self.overlap), "method": self.method,
-                "points": list(self.points)}
+                "points": list(self.points), "degenerate": self.degenerate}
 
 
 def bd_rate(anchor_bpp: Sequence[float], anchor_metric: Sequence[float], test_bpp: Sequence[float],
@@ -84,7 +91,8 @@ def bd_rate(anchor_bpp: Sequence[float], anchor_metric: Sequence[float], test_bp
         )
     mean_gap = (_integral(*test, method, lo, hi) - _integral(*anchor, method, lo, hi)) / (hi - lo)
     overlap = (float(min(sign * lo, sign * hi)), float(max(sign * lo, sign * hi)))
-    return BDRate(float(np.expm1(mean_gap) * 100.0), overlap, method, (len(anchor[0]), len(test[0])))
+    degenerate = method == "cubic" and min(np.unique(anchor[0]).size, np.unique(test[0]).size) < CUBIC_POINTS
+    return BDRate(float(np.expm1(mean_gap) * 100.0), overlap, method, (len(anchor[0]), len(test[0])), degenerate)
 
 
 def bd_rate_for(metric_name: str, anchor_curve: Mapping[str, Sequence], test_curve: Mapping[str, Sequence],
@@ -122,7 +130,7 @@ def bd_rate_table(curves: Mapping[str, Mapping[str, Sequence]], anchor: str,
 
 def format_table(rows: Sequence[dict]) -> str:
     """Markdown table of `bd_rate_table` rows: method, then BD-rate in % per metric; "n/a [k]"
-    points to footnote k, which gives the reason."""
+    points to footnote k, which gives the reason, and "x% [k]" to a footnote on a degenerate fit."""
     if not rows:
         raise ValueError("format_table needs at least one row")
     metrics = list(rows[0]["bd_rate"])
@@ -133,11 +141,16 @@ def format_table(rows: Sequence[dict]) -> str:
         cells = []
         for metric in metrics:
             cell = row["bd_rate"][metric]
+            value = None if cell["percent"] is None else f"{round(cell['percent'], 1) + 0.0:.1f}%"
             if cell["percent"] is None:
                 notes.append(f"{row['name']}, {metric.upper()}: {cell['reason']}")
                 cells.append(f"n/a [{len(notes)}]")
+            elif cell.get("degenerate"):
+                notes.append(f"{row['name']}, {metric.upper()}: degenerate fit: a curve has fewer than {CUBIC_POINTS} distinct "
+                             "metric values, so its cubic is the minimum-norm least-squares one (classic Bjontegaard script)")
+                cells.append(f"{value} [{len(notes)}]")
             else:
-                cells.append(f"{round(cell['percent'], 1) + 0.0:.1f}%")
+                cells.append(value)
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     if notes:
         lines += [""] + [f"[{k}] {note}" for k, note in enumerate(notes, 1)]
@@ -202,7 +215,9 @@ def _curve(label: str, bpp: Sequence[float], metric: Sequence[float], sign: floa
 def _integral(quality: np.ndarray, log_rate: np.ndarray, method: str, lo: float, hi: float) -> float:
     """Integral of the fitted log-rate over [lo, hi] (oriented metric units)."""
     if method == "cubic":
-        antiderivative = np.polyint(np.polyfit(quality, log_rate, 3))
+        with warnings.catch_warnings():  # 3 points: the minimum-norm fit, flagged `degenerate` by the caller
+            warnings.simplefilter("ignore")  # numpy's RankWarning (its module moved in numpy 2)
+            antiderivative = np.polyint(np.polyfit(quality, log_rate, 3))
         return float(np.polyval(antiderivative, hi) - np.polyval(antiderivative, lo))
     interpolator = PchipInterpolator if method == "pchip" else Akima1DInterpolator
     return float(interpolator(quality, log_rate).integrate(lo, hi))
