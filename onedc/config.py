@@ -177,7 +177,7 @@ class VAEConfig:
 
 @dataclass
 class PredictorConfig:
-    """The Swin code predictor P_aux (SPEC.md 3.9); its width is codec.semantic.channels."""
+    """The Swin code predictor P_aux (docs/design.md 3.9); its width is codec.semantic.channels."""
 
     blocks: int = MISSING
     heads: int = MISSING
@@ -193,7 +193,7 @@ class PredictorConfig:
 
 @dataclass
 class TokenizerConfig:
-    """The MaskGIT VQGAN encoder and codebook (SPEC.md 5)."""
+    """The MaskGIT VQGAN encoder and codebook (docs/design.md 5)."""
 
     hidden_channels: int = MISSING
     channel_mult: list[int] = MISSING

@@ -1,4 +1,4 @@
-"""The official OneDC release (onedc-codec/onedc; OFFICIAL_FORMAT.md) in our terms.
+"""The official OneDC release (onedc-codec/onedc; docs/design.md 9) in our terms.
 
 * Key correspondence: our modules keep the official structure below the top level, so each
   file's mapping is a table of prefix renames (first match wins); the test suite checks against

@@ -1,4 +1,4 @@
-"""Full-size architecture against SPEC.md section 0.1 and the released key manifest."""
+"""Full-size architecture against docs/design.md 4 and the released key manifest."""
 
 import json
 import math
@@ -13,7 +13,7 @@ from onedc.official import official_key
 from onedc.config import load_model_config
 from onedc.model import build_code_predictor, build_tokenizer, parameter_table
 
-SPEC_COUNTS = {
+EXPECTED_COUNTS = {
     "g_a (analysis)": 299_130_112,
     "h_enc (hyper-encoder)": 14_781_063,
     "hyper-decoder (stem + h_ctx trunk)": 960_128,
@@ -37,7 +37,7 @@ MASKGIT_DECODER = 30_478_339  # in the public .bin, never built: 54,515,587 in a
 
 
 def test_full_size_parameter_counts_match_the_spec_exactly():
-    assert dict(parameter_table(load_model_config("onedc_sd15"))) == SPEC_COUNTS
+    assert dict(parameter_table(load_model_config("onedc_sd15"))) == EXPECTED_COUNTS
 
 
 def test_the_tokenizer_file_holds_our_encoder_and_codebook_plus_a_decoder():
@@ -47,7 +47,7 @@ def test_the_tokenizer_file_holds_our_encoder_and_codebook_plus_a_decoder():
     maskgit = manifest["maskgit_vqgan"]
     assert {k: v for k, v in maskgit.items() if not k.startswith("decoder.")} == ours
     assert sum(math.prod(v) for k, v in maskgit.items() if k.startswith("decoder.")) == MASKGIT_DECODER
-    assert SPEC_COUNTS["MaskGIT tokenizer encoder + codebook (frozen, training only)"] + MASKGIT_DECODER == 54_515_587
+    assert EXPECTED_COUNTS["MaskGIT tokenizer encoder + codebook (frozen, training only)"] + MASKGIT_DECODER == 54_515_587
 
 
 def test_the_code_predictor_matches_the_released_keys():

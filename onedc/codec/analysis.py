@@ -1,4 +1,4 @@
-"""Analysis transform g_a (SPEC.md section 3.1).
+"""Analysis transform g_a (docs/design.md 3.1).
 
 x (B, 3, H, W) in [-1, 1] and the SD VAE latent x_lat (B, 4, H/8, W/8)
   -> y (B, y_channels, H/16, W/16) and sem (B, block_out_channels[-1], H/64, W/64).

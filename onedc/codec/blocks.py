@@ -1,4 +1,4 @@
-"""Building blocks of the OneDC codec (SPEC.md section 2).
+"""Building blocks of the OneDC codec (docs/design.md 2).
 
 Sub-module names follow the vocabulary of the released checkpoints (DCVC's DepthConvBlock,
 the VQGAN ResBlock and attention), so the official weights map onto ours by prefix renames.
@@ -100,7 +100,7 @@ class ResBlock(nn.Module):
     """VQGAN residual block: GN -> SiLU -> 3x3 conv -> GN -> SiLU -> 3x3 conv (bias-free).
 
     With cin == cout the input is added back. With cin != cout we reproduce the released
-    checkpoints' quirk (SPEC.md section 2): the 1x1 `nin_shortcut` (cout -> cout) is applied
+    checkpoints' quirk (docs/design.md 2): the 1x1 `nin_shortcut` (cout -> cout) is applied
     to the block's own output and there is no input skip, i.e. it returns h + conv1x1(h).
     This occurs once, in g_a's stem (320 -> 512), and is what the official weights expect.
     """

@@ -1,4 +1,4 @@
-"""The auxiliary code predictor P_aux of semantic distillation (SPEC.md 3.9); training only.
+"""The auxiliary code predictor P_aux of semantic distillation (docs/design.md 3.9); training only.
 
 c (B, C, H/64, W/64) -> x2 upsampling -> DualSwinBlocks (W-MSA then SW-MSA) -> 1x1 head
   -> logits (B, K, H/32, W/32) over the K codes of the MaskGIT tokenizer.

@@ -1,5 +1,5 @@
 """Entropy parameters and context model for y: the 4-step quadtree ("four-part") prior of
-DCVC-DC/FM (SPEC.md 3.4), its rate model, and the coding of y.
+DCVC-DC/FM (docs/design.md 3.4), its rate model, and the coding of y.
 
 features (B, Ch, H/16, W/16) from the hyper-decoder -> prior P (B, 2Cy, ...).
 Step 0 takes (scales, means) from P; steps 1-3 from
@@ -25,7 +25,7 @@ from ..config import BlockConfig, EntropyConfig
 from .blocks import DepthConvBlock, conv1x1
 from .entropy_coding import GaussianCoder
 
-# Phase (row % 2, col % 2) coded by channel groups 0..3 at each step (SPEC.md 3.4 table).
+# Phase (row % 2, col % 2) coded by channel groups 0..3 at each step (docs/design.md 3.4).
 STEP_PHASES = (
     ((0, 0), (0, 1), (1, 0), (1, 1)),
     ((1, 1), (1, 0), (0, 1), (0, 0)),

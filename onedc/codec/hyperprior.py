@@ -1,4 +1,4 @@
-"""Hyperprior: h_enc, the FSQ hyper quantizer and the hyper-decoder (SPEC.md 3.2-3.4).
+"""Hyperprior: h_enc, the FSQ hyper quantizer and the hyper-decoder (docs/design.md 3.2-3.4).
 
 y (B, Cy, H/16, W/16) and sem (B, Cs, H/64, W/64) -> z (B, D, H/64, W/64), D = len(levels)
 z -> FSQ -> z_hat (values in {-1, -0.5, 0, 0.5} for 4 levels) and indices (B, H/64, W/64)

@@ -1,4 +1,4 @@
-"""Semantic hyperprior decoder h_sem (SPEC.md 3.5).
+"""Semantic hyperprior decoder h_sem (docs/design.md 3.5).
 
 f_z (B, Ch, H/64, W/64) -> c (B, Cc, H/64, W/64); `tokens(c)` flattens c row-major to the
 (B, H/64 * W/64, Cc) cross-attention context of the one-step U-Net.

@@ -1,4 +1,4 @@
-"""Synthesis transform g_s (SPEC.md 3.6).
+"""Synthesis transform g_s (docs/design.md 3.6).
 
 y_hat (B, Cy, H/16, W/16) and c (B, Cc, H/64, W/64) -> y_in (B, out_channels, H/8, W/8),
 the feature that replaces the one-step U-Net's input.

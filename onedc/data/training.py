@@ -1,4 +1,4 @@
-"""Training batches (SPEC.md 6.1).
+"""Training batches (docs/design.md 6.1).
 
 Per sample: resize the short side up to the base crop if smaller, random base crop, random
 horizontal flip, then the step's batch policy (resize to its size, or a random crop of its size),

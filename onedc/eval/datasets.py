@@ -1,4 +1,4 @@
-"""Evaluation datasets and settings (EVAL.md 0, 2, 4).
+"""Evaluation datasets and settings (docs/evaluation.md 1, 3, 5).
 
 `load_dataset(name, root)` checks a local copy (nothing is downloaded) and returns its image
 paths, sorted; a missing folder or an incomplete set raises `DatasetError` with the expected

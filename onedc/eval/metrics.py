@@ -1,4 +1,4 @@
-"""Image-quality metrics on 8-bit images (EVAL.md 1 and 6).
+"""Image-quality metrics on 8-bit images (docs/evaluation.md 2 and 6).
 
 Every metric takes uint8 tensors (3, H, W) with values 0..255 (reference first, then
 reconstruction), i.e. exactly what the PNG files hold, and converts them internally:

@@ -1,5 +1,5 @@
 """The MaskGIT VQGAN tokenizer (encoder and codebook), the frozen teacher of semantic
-distillation (SPEC.md 5); training only. Loads the public `maskgit-vqgan-imagenet-f16-256.bin`
+distillation (docs/design.md 5); training only. Loads the public `maskgit-vqgan-imagenet-f16-256.bin`
 (its decoder weights are not needed and not built).
 
 tokenize: x (B, 3, H, W) in [-1, 1] -> halved to (H/2, W/2), mapped to [0, 1] -> encoder

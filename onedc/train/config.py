@@ -88,7 +88,7 @@ class ValidationConfig:
 
 @dataclass
 class DMDConfig:
-    """Stage II (SPEC.md 6.3); Stage I ignores it."""
+    """Stage II (docs/design.md 6.3); Stage I ignores it."""
 
     generator_every: int = MISSING
     real_guidance: float = MISSING

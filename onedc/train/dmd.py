@@ -1,4 +1,4 @@
-"""DMD2 guidance for Stage II (SPEC.md 6.3): the real score (frozen SD1.5 U-Net, classifier-free
+"""DMD2 guidance for Stage II (docs/design.md 6.3): the real score (frozen SD1.5 U-Net, classifier-free
 guidance on the training captions), the fake score (a trainable SD1.5 U-Net), a GAN head on the
 fake score's mid-block (captured with a forward hook), and the text conditioning (CLIP text
 encoder of the SD1.5 repo; a hashed-word tokenizer stands in for CLIP's on tiny offline configs).

@@ -1,4 +1,4 @@
-"""Stage I loss (SPEC.md 6.2):
+"""Stage I loss (docs/design.md 6.2):
 
     L = w_l1 * L1 + w_lpips * LPIPS(VGG) + lambda(step) * bpp_y + w_aux * (CE + mse_weight * MSE_code)
 

@@ -1,4 +1,4 @@
-"""Stage I training (SPEC.md 6.2): the codec, the generator's LoRA + conv_in + vae_reduction
+"""Stage I training (docs/design.md 6.2): the codec, the generator's LoRA + conv_in + vae_reduction
 and the code predictor learn L1 + LPIPS + lambda(step) * bpp_y + 0.001 * L_aux through the
 frozen U-Net base and VAE. DDP, bf16 autocast and gradient accumulation come from Accelerate;
 the loop, checkpoints, resume and validation from `loop.StageTrainer`.

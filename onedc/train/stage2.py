@@ -1,4 +1,4 @@
-"""Stage II training (SPEC.md 6.3): DMD2 distribution-matching distillation plus a latent GAN.
+"""Stage II training (docs/design.md 6.3): DMD2 distribution-matching distillation plus a latent GAN.
 
 The codec is frozen (and run without gradients); the generator's LoRA, conv_in and
 vae_reduction learn
