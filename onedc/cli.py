@@ -1,4 +1,5 @@
-"""The `onedc` command: compress, decompress, info."""
+"""The `onedc` command: compress and decompress images, import the official release, print a
+model's parameter counts, and check or download external weights."""
 
 from __future__ import annotations
 
@@ -6,57 +7,34 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
 from .atomic import atomic_file
+from .cli_common import add_version_argument, add_weights_argument, load_model
 from .errors import OneDCError
 
-_TINY_DEFAULT = "onedc_tiny"
+PROGRAM = "onedc"
+TINY_DEFAULT = "onedc_tiny"
 
 
-def _device(name: str | None) -> str:
-    import torch
-
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _warn(message: str) -> None:
-    print(f"onedc: warning: {message}", file=sys.stderr)
-
-
-def _load_model(model: str | None, checkpoint: str | None, device: str, weight_overrides: list[str] | None = None):
-    from .config import load_model_config
-    from .model import OneDC
+def _load_model(args: argparse.Namespace, model: str | None, default_model: str):
     from .weights import load_weight_paths
 
-    if checkpoint:
-        net = OneDC.from_pretrained(checkpoint, load_weight_paths(weight_overrides))
-        if model and model != net.config.name:
-            _warn(f"--model {model} ignored: the checkpoint holds {net.config.name}")
-    else:
-        name = model or _TINY_DEFAULT
-        net = OneDC.untrained(load_model_config(name))
-        _warn(
-            f"no --checkpoint given: using an untrained {net.config.name} (seed {net.config.seed}); "
-            "the file shows the format, not compression quality"
-        )
-    return net.to(device).eval()
+    return load_model(PROGRAM, args.checkpoint, model, default_model, load_weight_paths(args.weights), args.device)
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
+    from .bitstream import bits_per_pixel
     from .image_io import load_image
 
     x, notes = load_image(args.input)
     for note in notes:
         print(f"onedc: note: {args.input}: {note}", file=sys.stderr)
-    net = _load_model(args.model, args.checkpoint, _device(args.device), args.weights)
+    net = _load_model(args, args.model, TINY_DEFAULT)
     data = net.compress(x)
     output = Path(args.output)
     with atomic_file(output) as tmp:
         tmp.write_bytes(data)
     h, w = x.shape[-2:]
-    print(f"{output}: {len(data)} bytes, {8 * len(data)} bits, {8 * len(data) / (h * w):.5f} bpp ({w}x{h}, {net.identity.describe()})")
+    print(f"{output}: {len(data)} bytes, {8 * len(data)} bits, {bits_per_pixel(len(data), h, w):.5f} bpp ({w}x{h}, {net.identity.describe()})")
 
 
 def cmd_decompress(args: argparse.Namespace) -> None:
@@ -77,7 +55,7 @@ def cmd_decompress(args: argparse.Namespace) -> None:
     header, _, _ = bitstream.read(data)
     if not args.checkpoint and header.model.name not in model_config_names():
         raise OneDCError(f"{args.input} was written by {header.model.describe()}: pass its --checkpoint")
-    net = _load_model(None if args.checkpoint else header.model.name, args.checkpoint, _device(args.device), args.weights)
+    net = _load_model(args, None, header.model.name)  # without --checkpoint: the config the file names
     rec = net.decode_latents(data)
     if latents_only:
         from safetensors.torch import save_file
@@ -108,9 +86,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_weights_check(args: argparse.Namespace) -> int:
-    from .weights import EXTERNAL_WEIGHTS, load_weight_paths, locate, missing_message
+    from .weights import EXTERNAL_WEIGHTS, load_weight_paths, locate
 
-    paths = load_weight_paths(args.path)
+    paths = load_weight_paths(args.weights)
     names = args.names or list(EXTERNAL_WEIGHTS)
     unknown = [n for n in names if n not in EXTERNAL_WEIGHTS]
     if unknown:
@@ -157,17 +135,17 @@ def cmd_import_official(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onedc", description="OneDC image codec")
-    parser.add_argument("--version", action="version", version=f"onedc {__version__}")
+    parser = argparse.ArgumentParser(prog=PROGRAM, description="OneDC image codec")
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compress", help="compress an image into a .onedc file")
     p.add_argument("input", help="image file (PNG, JPEG, WebP, ...)")
     p.add_argument("output", help="output file")
-    p.add_argument("--model", help=f"model config name or YAML file (default without checkpoint: {_TINY_DEFAULT})")
+    p.add_argument("--model", help=f"model config name or YAML file (default without checkpoint: {TINY_DEFAULT})")
     p.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + onedc.json)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--weights", action="append", metavar="NAME=PATH", help="local path of an external weight (repeatable)")
+    add_weights_argument(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="decode a .onedc file")
@@ -175,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="decoded image (.png, ...), or .safetensors for the latents y_hat and c")
     p.add_argument("--checkpoint", help="checkpoint folder of the model that wrote the file")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--weights", action="append", metavar="NAME=PATH", help="local path of an external weight (repeatable)")
+    add_weights_argument(p)
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("info", help="print the parameter counts of a model config")
@@ -194,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     wsub = weights.add_subparsers(dest="weights_command", required=True)
     p = wsub.add_parser("check", help="list every external weight: found where, or how to get it (exit 1 if any is missing)")
     p.add_argument("names", nargs="*", help="weights to check (default: all)")
-    p.add_argument("--path", action="append", metavar="NAME=PATH", help="local path of a weight (repeatable)")
+    add_weights_argument(p)
     p.set_defaults(func=cmd_weights_check)
     p = wsub.add_parser("download", help="download weights into the HF cache / TORCH_HOME (not with HF_HUB_OFFLINE)")
     p.add_argument("names", nargs="+")

@@ -2,8 +2,8 @@
 modules with strict key checking.
 
 Each weight is found, in this order, at
-  1. a local path given in the weights config (`configs/weights/default.yaml`, or an override
-     such as `onedc weights check sd21_vae=/data/sd21-vae`),
+  1. a local path given in the weights config (`configs/weights/default.yaml`), or on the
+     command line: `--weights sd21_vae=/data/sd21-vae` (onedc, onedc-eval and onedc-train alike),
   2. the Hugging Face cache (HF_HOME / HF_HUB_CACHE; looked up without network access),
   3. TORCH_HOME (`torch.hub.get_dir()/checkpoints`) for torchvision-style backbone files.
 A missing weight raises `WeightsError` with the places searched and the exact command or URL

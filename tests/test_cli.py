@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from helpers import run_python
 from onedc.bitstream import read
 from onedc.cli import main
 
@@ -92,3 +93,24 @@ def test_console_script_is_installed():
     assert exe.is_file(), "the onedc entry point is not installed beside the interpreter"
     run = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.startswith("onedc ")
+
+
+def test_the_three_commands_share_version_weights_and_a_torch_free_help(capsys):
+    from onedc import __version__
+    from onedc.eval.cli import main as eval_main
+    from onedc.train.cli import hydra_arguments
+
+    for command, program in ((main, "onedc"), (eval_main, "onedc-eval"), (hydra_arguments, "onedc-train")):
+        with pytest.raises(SystemExit) as stop:
+            command(["--version"])
+        assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"{program} {__version__}"
+    # one spelling for weight locations: --weights NAME=PATH (onedc-train turns it into Hydra's override)
+    assert hydra_arguments(["experiment=quickstart", "--weights", "sd21_vae=/v", "--weights=lpips_vgg=/x.pth"]) == [
+        "experiment=quickstart", "weights.sd21_vae=/v", "weights.lpips_vgg=/x.pth"]
+    with pytest.raises(SystemExit):
+        hydra_arguments(["--weights", "sd99_vae=/v"])
+    assert "NAME one of dmd2_unet" in capsys.readouterr().err
+    # --help builds every parser without importing torch (it takes seconds to import)
+    out = run_python("-c", "import sys\nfrom onedc.cli import build_parser\nfrom onedc.eval.cli import _parser\n"
+                     "from onedc.train.cli import hydra_arguments\nbuild_parser(); _parser()\nprint('torch' in sys.modules)")
+    assert out.strip() == "False"

@@ -123,7 +123,7 @@ def test_missing_weights_fail_early_with_the_check_message(tiny_config, tmp_path
 def test_weights_check_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     (tmp_path / "inception.pth").write_bytes(b"x")
-    assert main(["weights", "check", "fid_inception", "--path", f"fid_inception={tmp_path / 'inception.pth'}"]) == 0
+    assert main(["weights", "check", "fid_inception", "--weights", f"fid_inception={tmp_path / 'inception.pth'}"]) == 0
     assert "found" in capsys.readouterr().out
     assert main(["weights", "check", "lpips_vgg"]) == 1
     out = capsys.readouterr().out

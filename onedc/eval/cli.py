@@ -12,22 +12,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
+from ..cli_common import add_version_argument, add_weights_argument, default_device, load_model
 from ..errors import OneDCError
+
+PROGRAM = "onedc-eval"
 
 DATASET_HELP = ("a setting: kodak, kodak_crop512, clic2020, clic2020_crop768, div2k, mscoco30k, "
                 "or folder (any image folder, full resolution or --crop S)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onedc-eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="evaluate checkpoints (one rate point each) on a dataset setting")
     run.add_argument("--checkpoint", nargs="*", default=[], help="checkpoint folders (ours or imported); none: the untrained --model")
-    run.add_argument("--model", default="onedc_tiny", help="config of the untrained model used without --checkpoint")
+    run.add_argument("--model", help="config of the untrained model used without --checkpoint (default: onedc_tiny)")
     run.add_argument("--dataset", required=True, help=DATASET_HELP)
     run.add_argument("--root", required=True, help="the dataset's folder")
     run.add_argument("--file-list", help="image list (required for mscoco30k; optional for folder)")
@@ -36,12 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="outputs/eval", help="output root (one folder per setting)")
     run.add_argument("--name", default="onedc (ours)", help="the curve these checkpoints belong to (e.g. stage1, stage2)")
     run.add_argument("--metrics", default="psnr,ms-ssim,lpips,dists,fid", help="comma-separated subset")
-    run.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     run.add_argument("--precision", choices=("bf16", "fp32"), help="VAE and generator (default: bf16 on a GPU, else fp32)")
     run.add_argument("--allow-partial", action="store_true", help="evaluate an incomplete dataset (with a warning)")
     run.add_argument("--limit", type=int, help="only the first N images (quick checks)")
     run.add_argument("--show", type=int, default=4, help="side-by-side crops in the HTML report")
-    run.add_argument("--weights", action="append", default=[], metavar="NAME=PATH", help="external weight location")
+    add_weights_argument(run)
 
     bd = sub.add_parser("bdrate", help="BD-rate of the shipped baselines (and our results) against an anchor")
     bd.add_argument("--dataset", required=True, help="baseline folder: " + DATASET_HELP.split(": ", 1)[1].split(", or")[0])
@@ -56,33 +59,16 @@ def _parser() -> argparse.ArgumentParser:
 
     cx = sub.add_parser("complexity", help="parameters, encode/decode time and decode memory (Table A layout)")
     cx.add_argument("--checkpoint", help="checkpoint folder; none: the untrained --model")
-    cx.add_argument("--model", default="onedc_sd15")
+    cx.add_argument("--model", help="config of the untrained model used without --checkpoint (default: onedc_sd15)")
     cx.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square image sides (Table A: 1024)")
     cx.add_argument("--repeat", type=int, default=5)
-    cx.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    cx.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     cx.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     cx.add_argument("--json", help="also write the measurement as JSON")
-    cx.add_argument("--weights", action="append", default=[], metavar="NAME=PATH")
+    add_weights_argument(cx)
 
     sub.add_parser("list", help="settings, their protocols and the shipped baselines")
     return parser
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _load(checkpoint: str | None, model: str, weights: dict, device: str):
-    from .. import weights as external
-    from ..config import load_model_config
-    from ..model import OneDC
-
-    if checkpoint:
-        return OneDC.from_pretrained(checkpoint, weights).to(device).eval()
-    warnings.warn(f"no --checkpoint: evaluating the untrained, seeded {model} (its numbers mean nothing)", stacklevel=2)
-    return OneDC.untrained(load_model_config(model)).to(device).eval()
 
 
 def _setting(args):
@@ -103,13 +89,14 @@ def _run(args) -> int:
     from .runner import MetricSuite, evaluate
 
     weights = external.load_weight_paths(args.weights)
+    device = args.device or default_device()
     setting = _setting(args)
     paths = load_dataset(setting.dataset, args.root, args.file_list, allow_partial=args.allow_partial)
     if args.limit:
         paths = paths[: args.limit]
-    suite = MetricSuite.build(setting, tuple(m.strip() for m in args.metrics.split(",") if m.strip()), weights, args.device)
-    models = [_load(c, args.model, weights, args.device) for c in args.checkpoint or [None]]
-    precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    suite = MetricSuite.build(setting, tuple(m.strip() for m in args.metrics.split(",") if m.strip()), weights, device)
+    models = [load_model(PROGRAM, c, args.model, "onedc_tiny", weights, device) for c in args.checkpoint or [None]]
+    precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
     written = evaluate(models, setting, paths, Path(args.out), suite, args.name, args.show, precision=precision)
     print(written["markdown"].read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
@@ -121,7 +108,7 @@ def _complexity(args) -> int:
     from .complexity import format_table_a, measure
 
     weights = external.load_weight_paths(args.weights)
-    model = _load(args.checkpoint, args.model, weights, args.device)
+    model = load_model(PROGRAM, args.checkpoint, args.model, "onedc_sd15", weights, args.device)
     measured = measure(model, args.sizes, args.repeat, args.precision)
     print(format_table_a(measured))
     print(json.dumps(measured))

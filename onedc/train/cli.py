@@ -4,6 +4,9 @@
     onedc-train -m experiment=stage1 train.lmbda=0.6,1.0,1.8,2.9,4.6,7.4,12.2
     onedc-train experiment=stage2 train.init_from=outputs/stage1/lmbda4.6/checkpoints/best
     accelerate launch --config_file configs/accelerate/4gpu.yaml -m onedc.train experiment=stage1
+
+Besides Hydra's arguments it takes the options of the other onedc commands: `--version`, and
+`--weights NAME=PATH` (repeatable), which becomes the Hydra override `weights.NAME=PATH`.
 """
 
 from __future__ import annotations
@@ -34,5 +37,36 @@ def run(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
+def hydra_arguments(argv: list[str]) -> list[str]:
+    """onedc-train's command line with `--weights NAME=PATH` (or `--weights=NAME=PATH`) turned
+    into `weights.NAME=PATH` overrides; `--version` prints the version and exits."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    from .. import __version__
+
+    if "--version" in argv:
+        print(f"onedc-train {__version__}")
+        sys.exit(0)
+    names = list(OmegaConf.load(files("onedc.configs.weights") / "default.yaml"))
+    out, items = [], iter(argv)
+    for arg in items:
+        if arg == "--weights":
+            value = next(items, "")
+        elif arg.startswith("--weights="):
+            value = arg[len("--weights="):]
+        else:
+            out.append(arg)
+            continue
+        name, sep, path = value.partition("=")
+        if not sep or name not in names:
+            print(f"onedc-train: error: --weights takes NAME=PATH with NAME one of {', '.join(names)}; got {value!r}", file=sys.stderr)
+            sys.exit(2)
+        out.append(f"weights.{name}={path}")
+    return out
+
+
 def main() -> None:
+    sys.argv = [sys.argv[0], *hydra_arguments(sys.argv[1:])]
     run()

@@ -1,0 +1,52 @@
+"""What the command-line programs `onedc`, `onedc-eval` and `onedc-train` share: the
+`--weights NAME=PATH` and `--version` options, one warning style, and loading the model a
+command works with. Importing this module does not import torch, so `--help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+WEIGHTS_HELP = ("local path of an external weight, e.g. sd21_vae=/data/sd21/vae (repeatable; "
+                "`onedc weights check` lists the names and where each is looked for)")
+
+
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"{parser.prog} {__version__}")
+
+
+def add_weights_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", action="append", default=[], metavar="NAME=PATH", help=WEIGHTS_HELP)
+
+
+def warn(program: str, message: str) -> None:
+    print(f"{program}: warning: {message}", file=sys.stderr)
+
+
+def default_device() -> str:
+    """cuda where a GPU is visible, else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(program: str, checkpoint: str | None, model_name: str | None, default_model: str,
+               weight_paths: dict[str, str | None], device: str | None):
+    """The model of a command, in eval mode on `device` (None: `default_device()`): the
+    checkpoint folder's, complete (`OneDC.from_pretrained`; a `--model` naming another config is
+    ignored with a warning), or without one the untrained, seeded `model_name` (or
+    `default_model`), with a warning."""
+    from .config import load_model_config
+    from .model import OneDC
+
+    if checkpoint:
+        model = OneDC.from_pretrained(checkpoint, weight_paths)
+        if model_name and model_name != model.config.name:
+            warn(program, f"--model {model_name} ignored: the checkpoint holds {model.config.name}")
+    else:
+        model = OneDC.untrained(load_model_config(model_name or default_model))
+        warn(program, f"no --checkpoint given: using an untrained {model.config.name} (seed {model.config.seed}); "
+                      "its files and pixels show the pipeline, not compression quality")
+    return model.to(device or default_device()).eval()
