@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Self
 
 import torch
 from torch import nn
@@ -107,7 +106,7 @@ class _NetworkMetric:
         self.model = model.eval().requires_grad_(False).to(self.device)
 
     @classmethod
-    def from_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> Self:
+    def from_random(cls, seed: int = 0, device: str | torch.device = "cpu") -> "_NetworkMetric":
         """The metric with a seeded random network instead of its pretrained weights (tests only)."""
         return cls(device=device, _random_seed=seed)
 

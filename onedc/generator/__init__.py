@@ -1,1 +1,2 @@
-"""Diffusion-side modules: the frozen SD VAE (and, later, the one-step U-Net)."""
+"""Diffusion-side modules: the one-step U-Net generator, the frozen SD VAE, and the MaskGIT
+tokenizer of semantic distillation (training only)."""
