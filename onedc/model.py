@@ -39,6 +39,7 @@ from .config import ModelConfig, model_config_from_dict
 from .errors import BitstreamError, CheckpointError, ConfigError, ImageError
 from .codec.code_predictor import CodePredictor
 from .codec.semantic import tokens
+from .profiling import stage
 from .generator.one_step_unet import OneStepGenerator, is_trainable
 from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
@@ -239,9 +240,12 @@ class OneDC(nn.Module):
         if height > MAX_SIDE or width > MAX_SIDE:
             raise ImageError(f"images up to {MAX_SIDE} pixels per side are supported, got {height}x{width}")
         padded = pad_to_multiple(x, self.config.image_multiple)
-        out = self.codec.compress(padded, self.encode_latent(padded))
-        identity = self.identity
-        data = bitstream.write(Header(identity, height, width), out["strings"]["y"][0], out["strings"]["z"][0])
+        with stage("vae_encoder"):
+            x_lat = self.encode_latent(padded)
+        out = self.codec.compress(padded, x_lat)
+        with stage("container"):
+            identity = self.identity
+            data = bitstream.write(Header(identity, height, width), out["strings"]["y"][0], out["strings"]["z"][0])
         return data, LatentReconstruction(out["y_hat"], out["c"], height, width, identity)
 
     @torch.no_grad()
@@ -261,7 +265,8 @@ class OneDC(nn.Module):
     def decode_latents(self, data: bytes) -> LatentReconstruction:
         """The bytes of a onedc file -> its latent reconstruction. BitstreamError if the file
         is corrupt or was written by another model."""
-        header, y_stream, z_stream = bitstream.read(data)
+        with stage("container_z"):
+            header, y_stream, z_stream = bitstream.read(data)
         if not header.model.matches(self.identity):
             raise BitstreamError(
                 f"model mismatch: the file was written by {header.model.describe()}, "
@@ -275,7 +280,12 @@ class OneDC(nn.Module):
     @torch.no_grad()
     def render(self, rec: LatentReconstruction) -> torch.Tensor:
         """Latent reconstruction -> image (3, H, W) in [-1, 1] at the original size."""
-        x_hat = self.generate(self.codec.g_s(rec.y_hat, rec.c), rec.c)
+        with stage("h_sem_g_s"):
+            y_in = self.codec.g_s(rec.y_hat, rec.c)
+        with stage("unet"):
+            y_out = self.generator(y_in, tokens(rec.c))
+        with stage("vae_decoder"):
+            x_hat = decode_latent(self.vae, y_out)
         return x_hat[0, :, : rec.height, : rec.width].clamp(-1, 1)
 
     def decompress(self, data: bytes) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import BlockConfig, EntropyConfig
 from .blocks import DepthConvBlock, conv1x1
+from ..profiling import stage
 from .entropy_coding import GaussianCoder
 
 # Phase (row % 2, col % 2) coded by channel groups 0..3 at each step (SPEC.md 3.4 table).
@@ -114,12 +115,14 @@ class QuadtreeContextModel(nn.Module):
         def code_step(step: int, scales: torch.Tensor, means: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             q = torch.round(y - means).clamp(-max_symbol, max_symbol)
             selected = mask.bool()
-            for b, writer in enumerate(writers):
-                writer.write(q[b][selected], scales[b][selected])
+            with stage("rans"):
+                for b, writer in enumerate(writers):
+                    writer.write(q[b][selected], scales[b][selected])
             return q
 
         y_hat = self.run(features, code_step)
-        return [w.finish() for w in writers], y_hat
+        with stage("rans"):
+            return [w.finish() for w in writers], y_hat
 
     def decompress(self, strings: list[bytes], features: torch.Tensor, coder: GaussianCoder, max_symbol: int) -> torch.Tensor:
         """Decode y_hat (B, Cy, h, w) from one rANS stream per image."""
@@ -129,8 +132,9 @@ class QuadtreeContextModel(nn.Module):
         def code_step(step: int, scales: torch.Tensor, means: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             q = torch.zeros_like(means)
             selected = mask.bool()
-            for b, reader in enumerate(readers):
-                q[b][selected] = reader.read(scales[b][selected], max_symbol).to(q.device, q.dtype)
+            with stage("rans"):
+                for b, reader in enumerate(readers):
+                    q[b][selected] = reader.read(scales[b][selected], max_symbol).to(q.device, q.dtype)
             return q
 
         return self.run(features, code_step)

@@ -27,6 +27,7 @@ from .context_model import QuadtreeContextModel, rate_bits
 from .entropy_coding import GaussianCoder, pack_fixed_width, unpack_fixed_width
 from .exact import exact_copy
 from .hyperprior import FSQ, HyperDecoder, HyperEncoder
+from ..profiling import stage
 from .semantic import SemanticDecoder
 from .synthesis import SynthesisTransform
 
@@ -95,17 +96,22 @@ class LatentCodec(nn.Module):
     def compress(self, x: torch.Tensor, x_lat: torch.Tensor) -> dict:
         """-> {"strings": {"y": [bytes] * B, "z": [bytes] * B}, "shape": (H/64, W/64),
         "y_hat": what the decoder will reconstruct, "c"}"""
-        y, sem = self.g_a(x, x_lat)
-        _, indices = self.fsq(self.h_enc(y, sem))
-        exact = self._exact_entropy_model()
-        _, features = exact["h_dec"](self.fsq.codes(indices).double())
-        y_strings, y_hat = exact["context"].compress(y.double(), features, self.coder, self.cfg.entropy.max_symbol)
-        z_strings = [pack_fixed_width(i.cpu().numpy(), self.fsq.bits) for i in indices]
+        with stage("g_a"):
+            y, sem = self.g_a(x, x_lat)
+        with stage("h_enc_fsq"):
+            _, indices = self.fsq(self.h_enc(y, sem))
+            z_strings = [pack_fixed_width(i.cpu().numpy(), self.fsq.bits) for i in indices]
+        with stage("entropy_networks"):
+            exact = self._exact_entropy_model()
+            _, features = exact["h_dec"](self.fsq.codes(indices).double())
+            y_strings, y_hat = exact["context"].compress(y.double(), features, self.coder, self.cfg.entropy.max_symbol)
+        with stage("h_sem"):
+            c = self._semantic(indices)
         return {
             "strings": {"y": y_strings, "z": z_strings},
             "shape": tuple(indices.shape[-2:]),
             "y_hat": y_hat.to(x.device, torch.float32),
-            "c": self._semantic(indices),
+            "c": c,
         }
 
     @torch.no_grad()
@@ -113,13 +119,17 @@ class LatentCodec(nn.Module):
         """strings {"y": [bytes] * B, "z": [bytes] * B}, shape (H/64, W/64) -> {"y_hat", "c"}."""
         h, w = shape
         device = next(self.parameters()).device
-        indices = torch.stack(
-            [torch.from_numpy(unpack_fixed_width(s, h * w, self.fsq.bits)).view(h, w) for s in strings["z"]]
-        )
-        if int(indices.max()) >= self.fsq.codebook_size:
-            raise BitstreamError("corrupt z stream: index beyond the FSQ codebook")
-        indices = indices.to(device)
-        exact = self._exact_entropy_model()
-        _, features = exact["h_dec"](self.fsq.codes(indices).double())
-        y_hat = exact["context"].decompress(strings["y"], features, self.coder, self.cfg.entropy.max_symbol)
-        return {"y_hat": y_hat.to(device, torch.float32), "c": self._semantic(indices)}
+        with stage("container_z"):
+            indices = torch.stack(
+                [torch.from_numpy(unpack_fixed_width(s, h * w, self.fsq.bits)).view(h, w) for s in strings["z"]]
+            )
+            if int(indices.max()) >= self.fsq.codebook_size:
+                raise BitstreamError("corrupt z stream: index beyond the FSQ codebook")
+            indices = indices.to(device)
+        with stage("entropy_networks"):
+            exact = self._exact_entropy_model()
+            _, features = exact["h_dec"](self.fsq.codes(indices).double())
+            y_hat = exact["context"].decompress(strings["y"], features, self.coder, self.cfg.entropy.max_symbol)
+        with stage("h_sem_g_s"):
+            c = self._semantic(indices)
+        return {"y_hat": y_hat.to(device, torch.float32), "c": c}

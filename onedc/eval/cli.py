@@ -54,13 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rewrite results.json, tables, plots and HTML of an evaluated setting")
     report.add_argument("--dir", required=True, help="the setting's output folder, e.g. outputs/eval/kodak")
 
-    cx = sub.add_parser("complexity", help="parameters, encode/decode time and decode memory (Table A layout)")
+    cx = sub.add_parser("complexity", help="parameters, encode/decode time per stage and decode memory (Table A layout)")
     cx.add_argument("--checkpoint", help="checkpoint folder; none: the untrained --model")
     cx.add_argument("--model", default="onedc_sd15")
-    cx.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square image sides (Table A: 1024)")
+    cx.add_argument("--sizes", nargs="+", default=["512", "1024"], help="square sides (512) or WxH (768x512); Table A: 1024")
     cx.add_argument("--repeat", type=int, default=5)
     cx.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    cx.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    cx.add_argument("--precision", choices=("bf16", "fp32"), help="VAE and generator (default: bf16 on a GPU, else fp32)")
     cx.add_argument("--json", help="also write the measurement as JSON")
     cx.add_argument("--weights", action="append", default=[], metavar="NAME=PATH")
 
@@ -118,12 +118,15 @@ def _run(args) -> int:
 
 def _complexity(args) -> int:
     from .. import weights as external
-    from .complexity import format_table_a, measure
+    from .complexity import format_profile, format_table_a, measure
 
     weights = external.load_weight_paths(args.weights)
     model = _load(args.checkpoint, args.model, weights, args.device)
-    measured = measure(model, args.sizes, args.repeat, args.precision)
+    precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    measured = measure(model, args.sizes, args.repeat, precision)
     print(format_table_a(measured))
+    print(f"Per-stage profile (ms; {measured['device']}, {measured['precision']}, median of {measured['repeat']}):\n")
+    print(format_profile(measured))
     print(json.dumps(measured))
     if args.json:
         Path(args.json).write_text(json.dumps(measured, indent=1) + "\n")
