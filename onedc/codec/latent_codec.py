@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..config import BlockConfig, CodecConfig
-from ..errors import BitstreamError
+from ..errors import BitstreamError, OneDCError
 from .analysis import AnalysisTransform
 from .context_model import QuadtreeContextModel, rate_bits
 from .entropy_coding import GaussianCoder, pack_fixed_width, unpack_fixed_width
@@ -89,30 +89,51 @@ class LatentCodec(nn.Module):
             self._exact = (fingerprint, exact_copy(modules, self.cfg.entropy.exact, next(self.parameters()).device))
         return self._exact[1]
 
-    def _semantic(self, indices: torch.Tensor) -> torch.Tensor:
+    def require_encoder(self) -> None:
+        if self.g_a is None:
+            raise OneDCError("this model was made for decoding only (OneDC.for_decoding): it cannot encode")
+
+    def drop_encoder(self) -> None:
+        """Remove g_a and h_enc, which only encoding uses."""
+        self.g_a = None
+        self.h_enc = None
+
+    def semantic(self, indices: torch.Tensor) -> torch.Tensor:
+        """c (B, Cc, h, w) from the FSQ indices (B, h, w)."""
         return self.h_sem(self.h_dec.stem(self.fsq.codes(indices)))
+
+    @torch.no_grad()
+    def analyse(self, x: torch.Tensor, x_lat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float networks of the encoder: y (B, Cy, H/16, W/16) and the FSQ indices
+        (B, H/64, W/64) of x (B, 3, H, W) and its SD VAE latent."""
+        self.require_encoder()
+        with stage("g_a"):
+            y, sem = self.g_a(x, x_lat)
+        with stage("h_enc_fsq"):
+            _, indices = self.fsq(self.h_enc(y, sem))
+        return y, indices
+
+    @torch.no_grad()
+    def code(self, y: torch.Tensor, indices: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Entropy-code y (B, Cy, h, w) given the FSQ indices (B, h/4, w/4): ({"y": [bytes] * B,
+        "z": [bytes] * B}, the y_hat the decoder will reconstruct, float32 on y's device)."""
+        with stage("h_enc_fsq"):
+            z_strings = [pack_fixed_width(i, self.fsq.bits) for i in indices.cpu().numpy()]
+        with stage("entropy_networks"):
+            exact = self._exact_entropy_model()
+            _, features = exact["h_dec"](self.fsq.codes(indices).double())
+            y_strings, y_hat = exact["context"].compress(y.double(), features, self.coder, self.cfg.entropy.max_symbol)
+        return {"y": y_strings, "z": z_strings}, y_hat.to(y.device, torch.float32)
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, x_lat: torch.Tensor) -> dict:
         """-> {"strings": {"y": [bytes] * B, "z": [bytes] * B}, "shape": (H/64, W/64),
         "y_hat": what the decoder will reconstruct, "c"}"""
-        with stage("g_a"):
-            y, sem = self.g_a(x, x_lat)
-        with stage("h_enc_fsq"):
-            _, indices = self.fsq(self.h_enc(y, sem))
-            z_strings = [pack_fixed_width(i.cpu().numpy(), self.fsq.bits) for i in indices]
-        with stage("entropy_networks"):
-            exact = self._exact_entropy_model()
-            _, features = exact["h_dec"](self.fsq.codes(indices).double())
-            y_strings, y_hat = exact["context"].compress(y.double(), features, self.coder, self.cfg.entropy.max_symbol)
+        y, indices = self.analyse(x, x_lat)
+        strings, y_hat = self.code(y, indices)
         with stage("h_sem"):
-            c = self._semantic(indices)
-        return {
-            "strings": {"y": y_strings, "z": z_strings},
-            "shape": tuple(indices.shape[-2:]),
-            "y_hat": y_hat.to(x.device, torch.float32),
-            "c": c,
-        }
+            c = self.semantic(indices)
+        return {"strings": strings, "shape": tuple(indices.shape[-2:]), "y_hat": y_hat, "c": c}
 
     @torch.no_grad()
     def decompress(self, strings: dict, shape: tuple[int, int]) -> dict:
@@ -131,5 +152,5 @@ class LatentCodec(nn.Module):
             _, features = exact["h_dec"](self.fsq.codes(indices).double())
             y_hat = exact["context"].decompress(strings["y"], features, self.coder, self.cfg.entropy.max_symbol)
         with stage("h_sem_g_s"):
-            c = self._semantic(indices)
+            c = self.semantic(indices)
         return {"y_hat": y_hat.to(device, torch.float32), "c": c}

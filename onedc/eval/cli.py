@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="outputs/eval", help="output root (one folder per setting)")
     run.add_argument("--name", default="onedc (ours)", help="the curve these checkpoints belong to (e.g. stage1, stage2)")
     run.add_argument("--metrics", default="psnr,ms-ssim,lpips,dists,fid", help="comma-separated subset")
-    run.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     run.add_argument("--precision", choices=("bf16", "fp32"), help="VAE and generator (default: bf16 on a GPU, else fp32)")
     run.add_argument("--allow-partial", action="store_true", help="evaluate an incomplete dataset (with a warning)")
     run.add_argument("--limit", type=int, help="only the first N images (quick checks)")
@@ -59,8 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     cx.add_argument("--model", default="onedc_sd15")
     cx.add_argument("--sizes", nargs="+", default=["512", "1024"], help="square sides (512) or WxH (768x512); Table A: 1024")
     cx.add_argument("--repeat", type=int, default=5)
-    cx.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    cx.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     cx.add_argument("--precision", choices=("bf16", "fp32"), help="VAE and generator (default: bf16 on a GPU, else fp32)")
+    cx.add_argument("--compile", action="store_true", help="torch.compile the U-Net and VAE decoder (compile time reported apart)")
     cx.add_argument("--json", help="also write the measurement as JSON")
     cx.add_argument("--weights", action="append", default=[], metavar="NAME=PATH")
 
@@ -68,10 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cuda() -> bool:
+def _device(name: str | None) -> str:
+    """The --device given, else cuda if available, else cpu (torch is imported only here, so
+    that --help stays fast)."""
+    if name:
+        return name
     import torch
 
-    return torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _load(checkpoint: str | None, model: str, weights: dict, device: str):
@@ -103,6 +108,7 @@ def _run(args) -> int:
     from .runner import MetricSuite, evaluate
 
     weights = external.load_weight_paths(args.weights)
+    args.device = _device(args.device)
     setting = _setting(args)
     paths = load_dataset(setting.dataset, args.root, args.file_list, allow_partial=args.allow_partial)
     if args.limit:
@@ -121,9 +127,10 @@ def _complexity(args) -> int:
     from .complexity import format_profile, format_table_a, measure
 
     weights = external.load_weight_paths(args.weights)
+    args.device = _device(args.device)
     model = _load(args.checkpoint, args.model, weights, args.device)
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
-    measured = measure(model, args.sizes, args.repeat, precision)
+    measured = measure(model, args.sizes, args.repeat, precision, compile_decoder=args.compile)
     print(format_table_a(measured))
     print(f"Per-stage profile (ms; {measured['device']}, {measured['precision']}, median of {measured['repeat']}):\n")
     print(format_profile(measured))

@@ -65,7 +65,7 @@ def profiled(fn: Callable[[], object], repeat: int, device: torch.device) -> tup
 
 
 def inference_parameters(model: OneDC) -> int:
-    """Parameters of the model as built: codec + generator (U-Net with LoRA, vae_reduction) + VAE
+    """Parameters the model holds: codec + generator (U-Net with LoRA, vae_reduction) + VAE
     (a decoding model holds only the decoder's parts)."""
     return sum(p.numel() for p in model.parameters())
 
@@ -88,10 +88,14 @@ def parse_size(size: str | int) -> tuple[int, int]:
     return h, w
 
 
-def measure(model: OneDC, sizes: list[str | int], repeat: int = 5, precision: str = "bf16", seed: int = 0) -> dict:
+def measure(model: OneDC, sizes: list[str | int], repeat: int = 5, precision: str = "bf16", seed: int = 0,
+            compile_decoder: bool = False) -> dict:
     """Encode/decode seconds (total and per stage) per image size in `sizes` ("512" or
     "768x512", a random image) on the model's device, and the decode memory (weights vs
-    activations) at the first size. Returns a JSON-ready dict keyed by the sizes as given."""
+    activations) at the first size. Encodes with `model`, then turns it into a decoder in place
+    (`OneDC.for_decoding`: encoder parts dropped; frozen weights in bf16 on a GPU under bf16
+    precision; `compile_decoder`: torch.compile, whose first decode per size is reported as
+    compile time) and decodes. Returns a JSON-ready dict keyed by the sizes as given."""
     device = model.device
     cuda = device.type == "cuda"
 
@@ -104,31 +108,53 @@ def measure(model: OneDC, sizes: list[str | int], repeat: int = 5, precision: st
         with autocast():
             return profiled(fn, repeat, device)
 
-    rows = {}
-    for i, size in enumerate(sizes):
+    parameters = inference_parameters(model)
+    rows, files = {}, {}
+    for size in sizes:
         h, w = parse_size(size)
         image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed + w)) * 2 - 1
-        t_enc, enc_stages, data = median(lambda: model.compress(image))
-        t_dec, dec_stages, _ = median(lambda: model.decompress(data))
-        row = {
-            "encode_s": round(t_enc, 4),
-            "decode_s": round(t_dec, 4),
-            "bytes": len(data),
-            "encode_stages_s": {k: round(v, 4) for k, v in enc_stages.items()},
-            "decode_stages_s": {k: round(v, 4) for k, v in dec_stages.items()},
-        }
+        t_enc, enc_stages, files[size] = median(lambda: model.compress(image))
+        rows[str(size)] = {"encode_s": round(t_enc, 4), "bytes": len(files[size]), "encode_stages_s": _rounded(enc_stages)}
+    model.for_decoding(torch.bfloat16 if cuda and precision == "bf16" else torch.float32)
+    if cuda:
+        torch.cuda.empty_cache()
+    if compile_decoder:
+        model.compile_decoder()
+    for i, size in enumerate(sizes):
+        row = rows[str(size)]
+        with autocast():
+            first_s, _ = _first_call(lambda: model.decompress(files[size]), device)
+        t_dec, dec_stages, _ = median(lambda: model.decompress(files[size]))
+        row.update(decode_s=round(t_dec, 4), decode_stages_s=_rounded(dec_stages))
+        if compile_decoder:
+            row["compile_s"] = round(first_s - t_dec, 2)
         if i == 0:
-            row["decode_memory_mb"] = _decode_memory(model, data, autocast) if cuda else _cpu_memory(model)
-        rows[str(size)] = row
+            row["decode_memory_mb"] = _decode_memory(model, files[size], autocast) if cuda else _cpu_memory(model)
     return {
         "model": model.config.name,
         "identity": model.identity.describe(),
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
         "precision": precision,
+        "compiled": compile_decoder,
         "repeat": repeat,
-        "parameters": inference_parameters(model),
+        "parameters": parameters,
+        "decoder_parameters": inference_parameters(model),
         "sizes": rows,
     }
+
+
+def _rounded(seconds: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in seconds.items()}
+
+
+def _first_call(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """(seconds, result) of one synchronised call."""
+    with StageProfile(device) as profile:
+        profile.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        profile.synchronize()
+    return time.perf_counter() - start, result
 
 
 def _decode_memory(model: OneDC, data: bytes, autocast) -> dict:
@@ -147,7 +173,8 @@ def _decode_memory(model: OneDC, data: bytes, autocast) -> dict:
 
 
 def _cpu_memory(model: OneDC) -> dict:
-    """On the CPU: the model's parameter and buffer bytes, and the process's peak RSS so far."""
+    """On the CPU: the (decoding) model's parameter and buffer bytes, and the process's peak
+    RSS so far (the full model and the encodes included)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"weights": round(tensor_megabytes(model)), "process_peak_rss": round(rss)}
 
@@ -206,10 +233,13 @@ def format_table_a(measured: dict, size: str | int | None = None, bd_rates: dict
     lines.append(f"| {name} | {_count(measured['parameters'])} | {ours['encode_s']:.2f} | {ours['decode_s']:.2f} | " + " | ".join(bd(name)) + " |")
     notes = [
         f"Paper rows: {paper['source']} (BD-rate on MS-COCO 30K against OneDC).",
-        f"Ours: {_label(size)}, {measured['device']}, {measured['precision']}, batch 1, median of {measured['repeat']} after a warm-up.",
+        f"Ours: {_label(size)}, {measured['device']}, {measured['precision']}{', compiled' if measured.get('compiled') else ''}, batch 1, median of {measured['repeat']} after a warm-up.",
     ]
     first = next(iter(measured["sizes"]))
     memory = measured["sizes"][first].get("decode_memory_mb", {})
+    compile_s = {s: r["compile_s"] for s, r in measured["sizes"].items() if "compile_s" in r}
+    if compile_s:
+        notes.append("Compile time (first decode per size, not in the times): " + ", ".join(f"{_label(s)} {v:.1f} s" for s, v in compile_s.items()) + ".")
     if "peak" in memory:
         notes.append(
             f"Peak decode memory at {_label(first)}: {memory['peak']:,} MB = {memory['weights']:,} MB weights + "
