@@ -359,10 +359,9 @@ class OneDC(nn.Module):
             self.codec.drop_encoder()
             self.vae.encoder = None
             self.vae.quant_conv = None
-        for name, p in self.generator.named_parameters():
-            if not is_trainable(name):
-                p.data = p.data.to(frozen_dtype)
-        self.vae.to(frozen_dtype)
+        frozen = [p for name, p in self.generator.named_parameters() if not is_trainable(name)]
+        for p in frozen + list(self.vae.parameters()):
+            p.data = p.data.to(frozen_dtype)
         self.frozen_dtype = frozen_dtype
         return self
 
