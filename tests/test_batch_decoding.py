@@ -80,6 +80,7 @@ def test_folder_compress_and_decompress(fitted_model, photos, tmp_path, capsys):
     assert "no .onedc files" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # inductor compiles C++ for the tiny U-Net and VAE decoder: its CI cost is not measured yet
 def test_compiled_decoder_is_within_one_level_of_eager(tiny_model, photos):
     """torch.compile (inductor, CPU) of the tiny U-Net and VAE decoder: 8-bit pixels within 1."""
     data = tiny_model.compress(photos["chelsea"][:, :64, :64])
