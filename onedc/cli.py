@@ -8,33 +8,108 @@ import sys
 from pathlib import Path
 
 from .atomic import atomic_file
-from .cli_common import add_version_argument, add_weights_argument, load_model
+from .cli_common import add_version_argument, add_weights_argument, default_device, load_model
 from .errors import OneDCError
 
 PROGRAM = "onedc"
 TINY_DEFAULT = "onedc_tiny"
 
 
-def _load_model(args: argparse.Namespace, model: str | None, default_model: str):
+def _load_model(args: argparse.Namespace, model: str | None, default_model: str, decoding: bool = False):
+    """The model to code with, on --device. A decoding model drops the encoder's parts before it
+    moves to the device, keeps its frozen weights in bf16 on a GPU, and is compiled with
+    --compile."""
+    import torch
+
     from .weights import load_weight_paths
 
-    return load_model(PROGRAM, args.checkpoint, model, default_model, load_weight_paths(args.weights), args.device)
+    device = args.device or default_device()
+    net = load_model(PROGRAM, args.checkpoint, model, default_model, load_weight_paths(args.weights))
+    if decoding:
+        net.for_decoding(torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    net = net.to(device)
+    return net.compile_decoder() if decoding and args.compile else net
+
+
+def _batches(items: list, key, size: int) -> list[list]:
+    """Consecutive runs of at most `size` items with the same key(item), in input order."""
+    batches: list[list] = []
+    for item in items:
+        if batches and len(batches[-1]) < size and key(batches[-1][0]) == key(item):
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+    return batches
+
+
+def _progress(total: int, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, file=sys.stderr, disable=total < 2)
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
     from .bitstream import bits_per_pixel
     from .image_io import load_image
 
-    x, notes = load_image(args.input)
+    source, output = Path(args.input), Path(args.output)
+    if source.is_dir():
+        return _compress_folder(source, output, args)
+    x, notes = load_image(source)
     for note in notes:
-        print(f"onedc: note: {args.input}: {note}", file=sys.stderr)
+        print(f"onedc: note: {source}: {note}", file=sys.stderr)
     net = _load_model(args, args.model, TINY_DEFAULT)
     data = net.compress(x)
-    output = Path(args.output)
     with atomic_file(output) as tmp:
         tmp.write_bytes(data)
     h, w = x.shape[-2:]
     print(f"{output}: {len(data)} bytes, {8 * len(data)} bits, {bits_per_pixel(len(data), h, w):.5f} bpp ({w}x{h}, {net.identity.describe()})")
+
+
+def _compress_folder(source: Path, output: Path, args: argparse.Namespace) -> None:
+    """Every image of `source` (not recursive) -> output/<stem>.onedc, images of one size in
+    batches of --batch; each file is what compressing the image alone writes."""
+    from PIL import Image
+
+    from .image_io import load_image
+
+    suffixes = set(Image.registered_extensions())
+    paths = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if not paths:
+        raise OneDCError(f"{source}: no images found")
+    sizes = {path: _image_size(path) for path in paths}
+    paths.sort(key=sizes.get)  # one size per batch
+    net = _load_model(args, args.model, TINY_DEFAULT)
+
+    def load(path: Path):
+        x, notes = load_image(path)
+        for note in notes:
+            print(f"onedc: note: {path}: {note}", file=sys.stderr)
+        return x
+
+    total = 0
+    with _progress(len(paths), "image") as bar:
+        for batch in _batches(paths, sizes.get, args.batch):
+            for path, data in zip(batch, net.compress([load(p) for p in batch])):
+                with atomic_file(output / f"{path.stem}.onedc") as tmp:
+                    tmp.write_bytes(data)
+                total += len(data)
+            bar.update(len(batch))
+    print(f"{output}: {len(paths)} files, {total} bytes ({net.identity.describe()})")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image's header; an unreadable file raises load_image's error."""
+    from PIL import Image
+
+    from .image_io import load_image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - load_image says what is wrong with the file
+        load_image(path)
+        raise
 
 
 def cmd_decompress(args: argparse.Namespace) -> None:
@@ -43,19 +118,18 @@ def cmd_decompress(args: argparse.Namespace) -> None:
     from . import bitstream
     from .config import model_config_names
 
-    output = Path(args.output)
+    source, output = Path(args.input), Path(args.output)
+    if source.is_dir():
+        return _decompress_folder(source, output, args)
     latents_only = output.suffix == ".safetensors"
     image_format = Image.registered_extensions().get(output.suffix.lower())
     if not latents_only and image_format is None:
         raise OneDCError(f"{output}: unknown output type; use an image suffix (.png, ...) or .safetensors for the latents")
-    try:
-        data = Path(args.input).read_bytes()
-    except OSError as e:
-        raise OneDCError(f"cannot read {args.input}: {e}") from e
+    data = _read(source)
     header, _, _ = bitstream.read(data)
     if not args.checkpoint and header.model.name not in model_config_names():
-        raise OneDCError(f"{args.input} was written by {header.model.describe()}: pass its --checkpoint")
-    net = _load_model(args, None, header.model.name)  # without --checkpoint: the config the file names
+        raise OneDCError(f"{source} was written by {header.model.describe()}: pass its --checkpoint")
+    net = _load_model(args, None, header.model.name, decoding=True)  # without --checkpoint: the config the file names
     rec = net.decode_latents(data)
     if latents_only:
         from safetensors.torch import save_file
@@ -72,6 +146,39 @@ def cmd_decompress(args: argparse.Namespace) -> None:
     with atomic_file(output) as tmp:
         save_image(image, tmp, format=image_format)
     print(f"{output}: {rec.width}x{rec.height} image decoded from {len(data)} bytes ({rec.model.describe()})")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise OneDCError(f"cannot read {path}: {e}") from e
+
+
+def _decompress_folder(source: Path, output: Path, args: argparse.Namespace) -> None:
+    """Every .onedc file of `source` -> output/<stem>.png, files of one image size decoded in
+    batches of --batch. All files must come from one model (the checkpoint's, or one
+    untrained config)."""
+    from . import bitstream
+    from .image_io import save_image
+
+    paths = sorted(source.glob("*.onedc"))
+    if not paths:
+        raise OneDCError(f"{source}: no .onedc files found")
+    headers = {path: bitstream.read(_read(path))[0] for path in paths}
+    models = {h.model.describe() for h in headers.values()}
+    if len(models) > 1:
+        raise OneDCError(f"{source} holds files of {len(models)} models ({'; '.join(sorted(models))}): decode one model's files at a time")
+    model_name = next(iter(headers.values())).model.name
+    net = _load_model(args, None, model_name, decoding=True)
+    paths.sort(key=lambda p: (headers[p].height, headers[p].width))
+    with _progress(len(paths), "image") as bar:
+        for batch in _batches(paths, lambda p: (headers[p].height, headers[p].width), args.batch):
+            for path, image in zip(batch, net.decompress([_read(p) for p in batch])):
+                with atomic_file(output / f"{path.stem}.png") as tmp:
+                    save_image(image, tmp, format="PNG")
+            bar.update(len(batch))
+    print(f"{output}: {len(paths)} images decoded ({net.identity.describe()})")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -139,9 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("compress", help="compress an image into a .onedc file")
-    p.add_argument("input", help="image file (PNG, JPEG, WebP, ...)")
-    p.add_argument("output", help="output file")
+    p = sub.add_parser("compress", help="compress an image into a .onedc file (or a folder of images into a folder)")
+    p.add_argument("input", help="image file (PNG, JPEG, WebP, ...) or a folder of them")
+    p.add_argument("output", help="output file (a folder for a folder input)")
+    p.add_argument("--batch", type=int, default=8, help="folder input: images of one size coded together (default: 8)")
     p.add_argument("--model", help=f"model config name or YAML file (default without checkpoint: {TINY_DEFAULT})")
     p.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + onedc.json)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -149,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="decode a .onedc file")
-    p.add_argument("input", help="a file written by `onedc compress`")
-    p.add_argument("output", help="decoded image (.png, ...), or .safetensors for the latents y_hat and c")
+    p.add_argument("input", help="a file written by `onedc compress`, or a folder of them")
+    p.add_argument("output", help="decoded image (.png, ...), or .safetensors for the latents y_hat and c; a folder (PNGs) for a folder input")
+    p.add_argument("--batch", type=int, default=8, help="folder input: files of one image size decoded together (default: 8)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net and the VAE decoder (pays off over many images of one size)")
     p.add_argument("--checkpoint", help="checkpoint folder of the model that wrote the file")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_weights_argument(p)
@@ -181,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "batch", 1) < 1:
+        parser.error("--batch must be at least 1")
     try:
         return args.func(args) or 0
     except OneDCError as e:

@@ -33,11 +33,10 @@ def default_device() -> str:
 
 
 def load_model(program: str, checkpoint: str | None, model_name: str | None, default_model: str,
-               weight_paths: dict[str, str | None], device: str | None):
-    """The model of a command, in eval mode on `device` (None: `default_device()`): the
-    checkpoint folder's, complete (`OneDC.from_pretrained`; a `--model` naming another config is
-    ignored with a warning), or without one the untrained, seeded `model_name` (or
-    `default_model`), with a warning."""
+               weight_paths: dict[str, str | None]):
+    """The model of a command, in eval mode on the CPU: the checkpoint folder's, complete
+    (`OneDC.from_pretrained`; a `--model` naming another config is ignored with a warning), or
+    without one the untrained, seeded `model_name` (or `default_model`), with a warning."""
     from .config import load_model_config
     from .model import OneDC
 
@@ -49,4 +48,4 @@ def load_model(program: str, checkpoint: str | None, model_name: str | None, def
         model = OneDC.untrained(load_model_config(model_name or default_model))
         warn(program, f"no --checkpoint given: using an untrained {model.config.name} (seed {model.config.seed}); "
                       "its files and pixels show the pipeline, not compression quality")
-    return model.to(device or default_device()).eval()
+    return model.eval()

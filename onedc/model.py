@@ -19,6 +19,7 @@ found as `onedc weights check` finds them): `OneDC.from_pretrained` loads all of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -39,6 +40,7 @@ from .config import ModelConfig, model_config_from_dict
 from .errors import BitstreamError, CheckpointError, ConfigError, ImageError
 from .codec.code_predictor import CodePredictor
 from .codec.semantic import tokens
+from .profiling import stage
 from .generator.one_step_unet import OneStepGenerator, is_trainable
 from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
@@ -152,7 +154,9 @@ class OneDC(nn.Module):
         self.vae = build_vae(config.vae)
         self.codec = LatentCodec(config.codec, config.blocks)
         self.generator = OneStepGenerator(config.generator, config.codec.synthesis.out_channels)
+        self.frozen_dtype = torch.float32  # of the U-Net base and the VAE (`for_decoding`)
         self._digest: tuple[tuple, bytes] | None = None
+        self._fixed_digest: bytes | None = None  # the identity of a decoding-only model
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -247,6 +251,8 @@ class OneDC(nn.Module):
 
     def write_checkpoint_files(self, folder: Path) -> None:
         """model.safetensors (trainable weights) and onedc.json into an existing folder."""
+        if self.decoding_only:
+            raise CheckpointError("a decoding-only model (OneDC.for_decoding) lacks g_a and h_enc: save the full model")
         write_checkpoint(folder, self.config, self.lmbda, self.trainable_state_dict())
 
     # ----------------------------------------------------------------- identity
@@ -257,7 +263,10 @@ class OneDC(nn.Module):
     def weights_digest(self) -> bytes:
         """First DIGEST_BYTES of SHA-256 over the trainable tensors (key, dtype, shape, bytes),
         i.e. over what a checkpoint stores. Cached until a tensor is replaced or modified in
-        place (version counters; writes through `.data` bypass them)."""
+        place (version counters; writes through `.data` bypass them). A decoding-only model
+        keeps the digest it had when it was made one (`for_decoding`)."""
+        if self._fixed_digest is not None:
+            return self._fixed_digest
         generator = (p for n, p in self.generator.named_parameters() if is_trainable(n))
         fingerprint = self.codec.weights_fingerprint() + tuple((p.data_ptr(), p._version) for p in generator)
         if self._digest is None or self._digest[0] != fingerprint:
@@ -272,6 +281,7 @@ class OneDC(nn.Module):
     @torch.no_grad()
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
         """SD VAE latent of x (B, 3, H, W) in [-1, 1]: (B, 4, H/8, W/8), posterior mode."""
+        self.codec.require_encoder()
         return encode_latent(self.vae, x)
 
     def generate(self, y_in: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -296,16 +306,46 @@ class OneDC(nn.Module):
     def encode(self, image: torch.Tensor) -> tuple[bytes, LatentReconstruction]:
         """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> (the bytes of a onedc file, the
         latent reconstruction the decoder will produce from them)."""
-        x = _check_image(image).to(self.device)
-        height, width = x.shape[-2:]
+        files, y_hat, indices, (height, width) = self._encode_batch([image])
+        with stage("h_sem"):
+            c = self.codec.semantic(indices)
+        return files[0], LatentReconstruction(y_hat, c, height, width, self.identity)
+
+    @torch.no_grad()
+    def compress(self, images: torch.Tensor | list[torch.Tensor]) -> bytes | list[bytes]:
+        """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> the bytes of a onedc file; a list of
+        images of one size -> a list of files, each identical to the one the image alone gives."""
+        if isinstance(images, (list, tuple)):
+            return self._encode_batch(list(images))[0] if images else []
+        return self._encode_batch([images])[0][0]
+
+    def _encode_batch(self, images: list[torch.Tensor]) -> tuple[list[bytes], torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Files, y_hat (B, Cy, h, w), FSQ indices (B, h/4, w/4) and the original size of images
+        of one size. The float networks (VAE encoder, g_a, h_enc) see one image at a time, so
+        that a batch cannot move y by a rounding and change a file; the exact entropy networks
+        (batch-invariant) and the rANS streams (parallel threads) take the whole batch."""
+        xs = [_check_image(image) for image in images]
+        height, width = xs[0].shape[-2:]
+        if any(x.shape != xs[0].shape for x in xs):
+            raise ImageError(f"a batch holds images of one size; got {sorted({tuple(x.shape[-2:]) for x in xs})}")
         if height > MAX_SIDE or width > MAX_SIDE:
             raise ImageError(f"images up to {MAX_SIDE} pixels per side are supported, got {height}x{width}")
-        padded = self.pad(x)
-        out = self.codec.compress(padded, self.encode_latent(padded))
-        identity, z_only = self.identity, self.config.codec.z_only
-        y_stream = None if z_only else out["strings"]["y"][0]
-        data = bitstream.write(Header(identity, height, width, z_only), y_stream, out["strings"]["z"][0])
-        return data, LatentReconstruction(out["y_hat"], out["c"], height, width, identity)
+        ys, indices = [], []
+        for x in xs:
+            padded = self.pad(x.to(self.device))
+            with stage("vae_encoder"):
+                x_lat = self.encode_latent(padded)
+            y, index = self.codec.analyse(padded, x_lat)
+            ys.append(y)
+            indices.append(index)
+        indices = torch.cat(indices)
+        strings, y_hat = self.codec.code(torch.cat(ys), indices)
+        with stage("container"):
+            z_only = self.config.codec.z_only
+            header = Header(self.identity, height, width, z_only)
+            y_streams = [None] * len(strings["z"]) if z_only else strings["y"]
+            files = [bitstream.write(header, y, z) for y, z in zip(y_streams, strings["z"])]
+        return files, y_hat, indices, (height, width)
 
     @torch.no_grad()
     def estimate_bits(self, image: torch.Tensor) -> dict[str, float]:
@@ -324,38 +364,91 @@ class OneDC(nn.Module):
                 m.training = training
         return {"y": float(bits["y"][0]), "y_official": float(bits.get("y_official", bits["y"])[0]), "z": float(bits["z"][0])}
 
-    def compress(self, image: torch.Tensor) -> bytes:
-        """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> the bytes of a onedc file."""
-        return self.encode(image)[0]
-
     @torch.no_grad()
     def decode_latents(self, data: bytes) -> LatentReconstruction:
         """The bytes of a onedc file -> its latent reconstruction. BitstreamError if the file
         is corrupt or was written by another model."""
-        header, y_stream, z_stream = bitstream.read(data)
-        if not header.model.matches(self.identity):
-            raise BitstreamError(
-                f"model mismatch: the file was written by {header.model.describe()}, "
-                f"this model is {self.identity.describe()}"
-            )
-        if header.z_only != self.config.codec.z_only:
-            kind = "a z-only file (no y stream)" if header.z_only else "a file with a y stream"
-            raise BitstreamError(f"{kind}, but {self.config.name} {'is' if self.config.codec.z_only else 'is not'} a z-only model")
+        return self._decode_latents([data])
+
+    def _decode_latents(self, files: list[bytes]) -> LatentReconstruction:
+        """Files of this model and one image size -> their latent reconstruction, batched
+        (y_hat (B, ...), c (B, ...)); the streams decode in parallel threads."""
+        with stage("container_z"):
+            parsed = [bitstream.read(data) for data in files]
+        header = parsed[0][0]
+        for other, _, _ in parsed:
+            if not other.model.matches(self.identity):
+                raise BitstreamError(
+                    f"model mismatch: the file was written by {other.model.describe()}, "
+                    f"this model is {self.identity.describe()}"
+                )
+            if other.z_only != self.config.codec.z_only:
+                kind = "a z-only file (no y stream)" if other.z_only else "a file with a y stream"
+                raise BitstreamError(f"{kind}, but {self.config.name} {'is' if self.config.codec.z_only else 'is not'} a z-only model")
+            if (other.height, other.width) != (header.height, header.width):
+                raise BitstreamError(f"a batch decodes files of one image size; got {header.width}x{header.height} and {other.width}x{other.height}")
         m = self.config.image_multiple
         shape = (math.ceil(header.height / m), math.ceil(header.width / m))
-        strings = {"z": [z_stream]} if header.z_only else {"y": [y_stream], "z": [z_stream]}
+        strings = {"z": [z for _, _, z in parsed]}
+        if not header.z_only:
+            strings["y"] = [y for _, y, _ in parsed]
         out = self.codec.decompress(strings, shape)
         return LatentReconstruction(out["y_hat"], out["c"], header.height, header.width, header.model)
 
     @torch.no_grad()
     def render(self, rec: LatentReconstruction) -> torch.Tensor:
-        """Latent reconstruction -> image (3, H, W) in [-1, 1] at the original size."""
-        x_hat = self.generate(self.codec.g_s(rec.y_hat, rec.c), rec.c)
-        return x_hat[0, :, : rec.height, : rec.width].clamp(-1, 1)
+        """Latent reconstruction -> image (3, H, W) in [-1, 1] at the original size ((B, 3, H, W)
+        for a batched reconstruction). With frozen weights in bf16 (`for_decoding`) the
+        generator and the VAE decoder run under bf16 autocast."""
+        with stage("h_sem_g_s"):
+            y_in = self.codec.g_s(rec.y_hat, rec.c)
+        low_precision = torch.autocast(self.device.type, dtype=self.frozen_dtype) if self.frozen_dtype != torch.float32 else contextlib.nullcontext()
+        with low_precision:
+            with stage("unet"):
+                y_out = self.generator(y_in, tokens(rec.c))
+            with stage("vae_decoder"):
+                x_hat = decode_latent(self.vae, y_out).float()
+        x_hat = x_hat[:, :, : rec.height, : rec.width].clamp(-1, 1)
+        return x_hat[0] if x_hat.shape[0] == 1 else x_hat
 
-    def decompress(self, data: bytes) -> torch.Tensor:
-        """The bytes of a onedc file -> the decoded image (3, H, W) in [-1, 1]."""
-        return self.render(self.decode_latents(data))
+    def decompress(self, data: bytes | list[bytes]) -> torch.Tensor | list[torch.Tensor]:
+        """The bytes of a onedc file -> the decoded image (3, H, W) in [-1, 1]; a list of files
+        of this model and one image size -> a list of images, decoded as one batch."""
+        if isinstance(data, (list, tuple)):
+            if not data:
+                return []
+            images = self.render(self._decode_latents(list(data)))
+            return [images] if len(data) == 1 else list(images)
+        return self.render(self._decode_latents([data]))
+
+    # ----------------------------------------------------------------- inference setup
+    @property
+    def decoding_only(self) -> bool:
+        return self.codec.g_a is None
+
+    def for_decoding(self, frozen_dtype: torch.dtype = torch.float32) -> "OneDC":
+        """Make this model a decoder, in place: drop g_a, h_enc and the VAE encoder (which only
+        encoding uses; call before moving the model to its device) and store the frozen U-Net
+        base and VAE decoder in `frozen_dtype` (bf16 on a GPU: half the memory; the trainable
+        weights stay float32). The identity is fixed at its current digest, since the model no
+        longer holds every trainable weight. Returns self."""
+        if not self.decoding_only:
+            self._fixed_digest = self.weights_digest()
+            self.codec.drop_encoder()
+            self.vae.encoder = None
+            self.vae.quant_conv = None
+        frozen = [p for name, p in self.generator.named_parameters() if not is_trainable(name)]
+        for p in frozen + list(self.vae.parameters()):
+            p.data = p.data.to(frozen_dtype)
+        self.frozen_dtype = frozen_dtype
+        return self
+
+    def compile_decoder(self) -> "OneDC":
+        """torch.compile the U-Net and the VAE decoder in place (static shapes: each image size
+        compiles on its first decode, which then takes the compile time). Returns self."""
+        self.generator.unet.compile(dynamic=False)
+        self.vae.decoder.compile(dynamic=False)
+        return self
 
 
 def build_code_predictor(config: ModelConfig) -> CodePredictor:

@@ -99,7 +99,7 @@ def test_entropy_and_vae_constants(sd15):
     e = sd15.codec.entropy
     assert (e.scale_min, e.scale_max, e.scale_levels, e.official_eval_scale_min) == (0.11, 64.0, 256, 1e-5)
     assert (e.likelihood_bound, e.rate_eps, e.noise, e.tail_mass) == (1e-9, 1e-5, 0.5, 1e-9)
-    table = GaussianCoder(e).scale_table
+    table = GaussianCoder(e).tables.scales
     assert len(table) == 256 and table[0] == pytest.approx(0.11) and table[-1] == pytest.approx(64.0)
     assert (sd15.vae.scaling_factor, sd15.vae.attention_window) == (0.18215, 16)
     assert (sd15.generator.lora.rank, sd15.generator.lora.alpha) == (64, 8.0)  # scale 0.125

@@ -57,3 +57,21 @@ def test_exact_copy_keeps_the_forward_code_and_rejects_normalisation(tiny_config
     assert torch.allclose(copy(x.double()).float(), block(x), atol=1e-3)
     with pytest.raises(ConfigError, match="GroupNorm"):
         exact_copy(nn.Sequential(nn.Conv2d(4, 4, 1), nn.GroupNorm(2, 4)), cfg)
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise", "strided"])
+def test_fast_conv_paths_give_the_bits_of_the_reference_conv(tiny_config, kind):
+    """1x1 convs run as GEMMs and CPU depthwise convs as sums over their taps; both must give
+    exactly what F.conv2d (im2col + GEMM) gives on the same fixed-point weights."""
+    cfg = tiny_config.codec.entropy.exact
+    conv = {
+        "pointwise": nn.Conv2d(48, 96, 1),
+        "depthwise": nn.Conv2d(48, 48, 3, padding=1, groups=48),
+        "strided": nn.Conv2d(48, 48, 3, stride=2, padding=1, groups=48),
+    }[kind]
+    exact = ExactConv2d(conv, cfg)
+    assert (exact.pointwise, exact.depthwise) == {"pointwise": (True, False), "depthwise": (False, True), "strided": (False, False)}[kind]
+    x = to_grid(torch.randn(2, 48, 9, 13).double() * 300, cfg.frac_bits)
+    reference = to_grid(F.conv2d(x, exact.weight, exact.bias, exact.stride, exact.padding, exact.dilation, exact.groups), cfg.frac_bits)
+    assert torch.equal(exact(x), reference)
+    assert torch.equal(exact(x[1:]), reference[1:])  # batch size does not matter either

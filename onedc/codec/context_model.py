@@ -14,16 +14,19 @@ step turns (scales, means) into integer residuals, so encoder and decoder cannot
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+import numpy as np
 import torch
-from compressai.ops import quantize_ste
-from compressai.ops.bound_ops import LowerBoundFunction
 from torch import nn
 
 from ..config import BlockConfig, EntropyConfig
 from .blocks import DepthConvBlock, conv1x1
-from .entropy_coding import GaussianCoder
+from ..profiling import stage
+from .entropy_coding import GaussianCoder, RansWriter
+from .ops import lower_bound, quantize_ste
 
 # Phase (row % 2, col % 2) coded by channel groups 0..3 at each step (docs/design.md 3.4).
 STEP_PHASES = (
@@ -49,15 +52,15 @@ def step_masks(channels: int, height: int, width: int, dtype: torch.dtype, devic
 
 def gaussian_likelihood(residual: torch.Tensor, scales: torch.Tensor, scale_min: float, cfg: EntropyConfig) -> torch.Tensor:
     """Mass of [r - 1/2, r + 1/2] under N(0, sigma^2), sigma >= scale_min and mass >=
-    cfg.likelihood_bound, both with gradient-preserving lower bounds (compressai's LowerBound);
+    cfg.likelihood_bound, both with gradient-preserving lower bounds (`ops.lower_bound`);
     computed in float32 at least. scale_min is cfg.scale_min for our rate (training and
     evaluation alike) and cfg.official_eval_scale_min for the official eval-mode estimate."""
     residual, scales = residual.float(), scales.float()  # full precision even under bf16 autocast
-    sigma = LowerBoundFunction.apply(scales, scales.new_tensor([scale_min]))
+    sigma = lower_bound(scales, scale_min)
     v = residual.abs()
     upper = 0.5 * torch.erfc((v - 0.5) / (sigma * math.sqrt(2.0)))
     lower = 0.5 * torch.erfc((v + 0.5) / (sigma * math.sqrt(2.0)))
-    return LowerBoundFunction.apply(upper - lower, residual.new_tensor([cfg.likelihood_bound]))
+    return lower_bound(upper - lower, cfg.likelihood_bound)
 
 
 def rate_bits(likelihoods: torch.Tensor, cfg: EntropyConfig) -> torch.Tensor:
@@ -117,29 +120,61 @@ class QuadtreeContextModel(nn.Module):
         return self.run(features, code_step), rate_input, all_scales
 
     def compress(self, y: torch.Tensor, features: torch.Tensor, coder: GaussianCoder, max_symbol: int) -> tuple[list[bytes], torch.Tensor]:
-        """Encode y (B, Cy, h, w); returns one rANS stream per image and the decoder's y_hat."""
+        """Encode y (B, Cy, h, w); returns one rANS stream per image and the decoder's y_hat.
+        Per step, the residuals and table indexes of the step's elements move to the host as
+        one int32 tensor; the B streams are coded in parallel threads."""
         writers = [coder.writer() for _ in range(y.shape[0])]
+        positions = step_positions(*y.shape[1:], y.device)
 
         def code_step(step: int, scales: torch.Tensor, means: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             q = torch.round(y - means).clamp(-max_symbol, max_symbol)
-            selected = mask.bool()
-            for b, writer in enumerate(writers):
-                writer.write(q[b][selected], scales[b][selected])
+            with stage("rans"):
+                at = positions[step]
+                symbols = q.flatten(1)[:, at].to(torch.int32)
+                indexes = coder.indexes(scales.flatten(1)[:, at]).to(torch.int32)
+                host = torch.stack([symbols, indexes], dim=1).cpu().numpy()
+                for writer, (s, i) in zip(writers, host):
+                    writer.write(s, i)
             return q
 
         y_hat = self.run(features, code_step)
-        return [w.finish() for w in writers], y_hat
+        with stage("rans"):
+            return map_streams(RansWriter.finish, writers), y_hat
 
     def decompress(self, strings: list[bytes], features: torch.Tensor, coder: GaussianCoder, max_symbol: int) -> torch.Tensor:
-        """Decode y_hat (B, Cy, h, w) from one rANS stream per image."""
-        y_elements = self.y_channels * features.shape[-2] * features.shape[-1]
-        readers = [coder.reader(s, num_symbols=y_elements) for s in strings]
+        """Decode y_hat (B, Cy, h, w) from one rANS stream per image (B streams in parallel
+        threads). Per step, the table indexes move to the host as int16 and the decoded
+        residuals back as int32."""
+        readers = [coder.reader(s) for s in strings]
+        positions = step_positions(self.y_channels, *features.shape[-2:], features.device)
 
         def code_step(step: int, scales: torch.Tensor, means: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            q = torch.zeros_like(means)
-            selected = mask.bool()
-            for b, reader in enumerate(readers):
-                q[b][selected] = reader.read(scales[b][selected], max_symbol).to(q.device, q.dtype)
+            with stage("rans"):
+                at = positions[step]
+                indexes = coder.indexes(scales.flatten(1)[:, at]).cpu().numpy()
+                values = map_streams(lambda b: readers[b].read(indexes[b], max_symbol), range(len(readers)))
+                q = torch.zeros_like(means)
+                q.flatten(1)[:, at] = torch.from_numpy(np.stack(values)).to(q.device, q.dtype)
             return q
 
-        return self.run(features, code_step)
+        y_hat = self.run(features, code_step)
+        for reader in readers:
+            reader.finish()
+        return y_hat
+
+
+def step_positions(channels: int, height: int, width: int, device: torch.device) -> list[torch.Tensor]:
+    """Per step, the flat (C, H, W) positions of the elements it codes, in coding order
+    (row-major), as int64 tensors on `device`."""
+    masks = step_masks(channels, height, width, torch.bool, torch.device("cpu"))
+    return [m.flatten().nonzero().squeeze(1).to(device) for m in masks]
+
+
+def map_streams(fn: Callable, items) -> list:
+    """[fn(item) for item in items], in parallel threads when there are several (the rANS
+    kernels release the GIL)."""
+    items = list(items)
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(len(items), os.cpu_count() or 1)) as pool:
+        return list(pool.map(fn, items))

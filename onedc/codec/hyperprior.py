@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 
 import torch
-from compressai.ops import quantize_ste
 from torch import nn
 
 from ..config import BlockConfig, FSQConfig, HyperDecoderConfig, HyperEncoderConfig
 from .blocks import DepthConvBlock, ResidualBlockUpsample, SpatialAttention, conv1x1, conv3x3
+from .ops import quantize_ste
 
 
 class HyperEncoder(nn.Module):

@@ -23,12 +23,13 @@ import torch
 from torch import nn
 
 from ..config import BlockConfig, CodecConfig
-from ..errors import BitstreamError
+from ..errors import BitstreamError, OneDCError
 from .analysis import AnalysisTransform
 from .context_model import QuadtreeContextModel, gaussian_likelihood, rate_bits
 from .entropy_coding import GaussianCoder, pack_fixed_width, unpack_fixed_width
 from .exact import exact_copy
 from .hyperprior import FSQ, HyperDecoder, HyperEncoder
+from ..profiling import stage
 from .semantic import SemanticDecoder
 from .synthesis import SynthesisTransform
 
@@ -100,28 +101,56 @@ class LatentCodec(nn.Module):
             self._exact = (fingerprint, exact_copy(modules, self.cfg.entropy.exact, next(self.parameters()).device))
         return self._exact[1]
 
-    def _semantic(self, indices: torch.Tensor) -> torch.Tensor:
+    def require_encoder(self) -> None:
+        if self.g_a is None:
+            raise OneDCError("this model was made for decoding only (OneDC.for_decoding): it cannot encode")
+
+    def drop_encoder(self) -> None:
+        """Remove g_a and h_enc, which only encoding uses."""
+        self.g_a = None
+        self.h_enc = None
+
+    def semantic(self, indices: torch.Tensor) -> torch.Tensor:
+        """c (B, Cc, h, w) from the FSQ indices (B, h, w)."""
         return self.h_sem(self.h_dec.stem(self.fsq.codes(indices)))
+
+    @torch.no_grad()
+    def analyse(self, x: torch.Tensor, x_lat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float networks of the encoder: y (B, Cy, H/16, W/16) and the FSQ indices
+        (B, H/64, W/64) of x (B, 3, H, W) and its SD VAE latent."""
+        self.require_encoder()
+        with stage("g_a"):
+            y, sem = self.g_a(x, x_lat)
+        with stage("h_enc_fsq"):
+            _, indices = self.fsq(self.h_enc(y, sem))
+        return y, indices
+
+    @torch.no_grad()
+    def code(self, y: torch.Tensor, indices: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Entropy-code y (B, Cy, h, w) given the FSQ indices (B, h/4, w/4): ({"y": [bytes] * B,
+        "z": [bytes] * B}, the y_hat the decoder will reconstruct, float32 on y's device). A
+        z-only codec sends no y: its y_hat is the context model's prediction from z."""
+        with stage("h_enc_fsq"):
+            z_strings = [pack_fixed_width(i, self.fsq.bits) for i in indices.cpu().numpy()]
+        with stage("entropy_networks"):
+            exact = self._exact_entropy_model()
+            _, features = exact["h_dec"](self.fsq.codes(indices).double())
+            if self.cfg.z_only:
+                strings, y_hat = {"z": z_strings}, exact["context"].predict(features)
+            else:
+                y_strings, y_hat = exact["context"].compress(y.double(), features, self.coder, self.cfg.entropy.max_symbol)
+                strings = {"y": y_strings, "z": z_strings}
+        return strings, y_hat.to(y.device, torch.float32)
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, x_lat: torch.Tensor) -> dict:
         """-> {"strings": {"y": [bytes] * B, "z": [bytes] * B}, "shape": (H/64, W/64),
         "y_hat": what the decoder will reconstruct, "c"}; a z-only codec has no "y" strings."""
-        y, sem = self.g_a(x, x_lat)
-        _, indices = self.fsq(self.h_enc(y, sem))
-        exact = self._exact_entropy_model()
-        _, features = exact["h_dec"](self.fsq.codes(indices).double())
-        strings = {"z": [pack_fixed_width(i.cpu().numpy(), self.fsq.bits) for i in indices]}
-        if self.cfg.z_only:
-            y_hat = exact["context"].predict(features)
-        else:
-            strings["y"], y_hat = exact["context"].compress(y.double(), features, self.coder, self.cfg.entropy.max_symbol)
-        return {
-            "strings": strings,
-            "shape": tuple(indices.shape[-2:]),
-            "y_hat": y_hat.to(x.device, torch.float32),
-            "c": self._semantic(indices),
-        }
+        y, indices = self.analyse(x, x_lat)
+        strings, y_hat = self.code(y, indices)
+        with stage("h_sem"):
+            c = self.semantic(indices)
+        return {"strings": strings, "shape": tuple(indices.shape[-2:]), "y_hat": y_hat, "c": c}
 
     @torch.no_grad()
     def decompress(self, strings: dict, shape: tuple[int, int]) -> dict:
@@ -129,16 +158,20 @@ class LatentCodec(nn.Module):
         (H/64, W/64) -> {"y_hat", "c"}."""
         h, w = shape
         device = next(self.parameters()).device
-        indices = torch.stack(
-            [torch.from_numpy(unpack_fixed_width(s, h * w, self.fsq.bits)).view(h, w) for s in strings["z"]]
-        )
-        if int(indices.max()) >= self.fsq.codebook_size:
-            raise BitstreamError("corrupt z stream: index beyond the FSQ codebook")
-        indices = indices.to(device)
-        exact = self._exact_entropy_model()
-        _, features = exact["h_dec"](self.fsq.codes(indices).double())
-        if self.cfg.z_only:
-            y_hat = exact["context"].predict(features)
-        else:
-            y_hat = exact["context"].decompress(strings["y"], features, self.coder, self.cfg.entropy.max_symbol)
-        return {"y_hat": y_hat.to(device, torch.float32), "c": self._semantic(indices)}
+        with stage("container_z"):
+            indices = torch.stack(
+                [torch.from_numpy(unpack_fixed_width(s, h * w, self.fsq.bits)).view(h, w) for s in strings["z"]]
+            )
+            if int(indices.max()) >= self.fsq.codebook_size:
+                raise BitstreamError("corrupt z stream: index beyond the FSQ codebook")
+            indices = indices.to(device)
+        with stage("entropy_networks"):
+            exact = self._exact_entropy_model()
+            _, features = exact["h_dec"](self.fsq.codes(indices).double())
+            if self.cfg.z_only:
+                y_hat = exact["context"].predict(features)
+            else:
+                y_hat = exact["context"].decompress(strings["y"], features, self.coder, self.cfg.entropy.max_symbol)
+        with stage("h_sem_g_s"):
+            c = self.semantic(indices)
+        return {"y_hat": y_hat.to(device, torch.float32), "c": c}

@@ -57,13 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rewrite results.json, tables, plots and HTML of an evaluated setting")
     report.add_argument("--dir", required=True, help="the setting's output folder, e.g. outputs/eval/kodak")
 
-    cx = sub.add_parser("complexity", help="parameters, encode/decode time and decode memory (Table A layout)")
+    cx = sub.add_parser("complexity", help="parameters, encode/decode time per stage and decode memory (Table A layout)")
     cx.add_argument("--checkpoint", help="checkpoint folder; none: the untrained --model")
     cx.add_argument("--model", help="config of the untrained model used without --checkpoint (default: onedc_sd15)")
-    cx.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], help="square image sides (Table A: 1024)")
+    cx.add_argument("--sizes", nargs="+", default=["512", "1024"], help="square sides (512) or WxH (768x512); Table A: 1024")
     cx.add_argument("--repeat", type=int, default=5)
     cx.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    cx.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    cx.add_argument("--precision", choices=("bf16", "fp32"), help="VAE and generator (default: bf16 on a GPU, else fp32)")
+    cx.add_argument("--compile", action="store_true", help="torch.compile the U-Net and VAE decoder (compile time reported apart)")
     cx.add_argument("--json", help="also write the measurement as JSON")
     add_weights_argument(cx)
 
@@ -95,7 +96,7 @@ def _run(args) -> int:
     if args.limit:
         paths = paths[: args.limit]
     suite = MetricSuite.build(setting, tuple(m.strip() for m in args.metrics.split(",") if m.strip()), weights, device)
-    models = [load_model(PROGRAM, c, args.model, "onedc_tiny", weights, device) for c in args.checkpoint or [None]]
+    models = [load_model(PROGRAM, c, args.model, "onedc_tiny", weights).to(device) for c in args.checkpoint or [None]]
     precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
     written = evaluate(models, setting, paths, Path(args.out), suite, args.name, args.show, precision=precision)
     print(written["markdown"].read_text())
@@ -105,12 +106,16 @@ def _run(args) -> int:
 
 def _complexity(args) -> int:
     from .. import weights as external
-    from .complexity import format_table_a, measure
+    from .complexity import format_profile, format_table_a, measure
 
     weights = external.load_weight_paths(args.weights)
-    model = load_model(PROGRAM, args.checkpoint, args.model, "onedc_sd15", weights, args.device)
-    measured = measure(model, args.sizes, args.repeat, args.precision)
+    device = args.device or default_device()
+    model = load_model(PROGRAM, args.checkpoint, args.model, "onedc_sd15", weights).to(device)
+    precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
+    measured = measure(model, args.sizes, args.repeat, precision, compile_decoder=args.compile)
     print(format_table_a(measured))
+    print(f"Per-stage profile (ms; {measured['device']}, {measured['precision']}, median of {measured['repeat']}):\n")
+    print(format_profile(measured))
     print(json.dumps(measured))
     if args.json:
         Path(args.json).write_text(json.dumps(measured, indent=1) + "\n")

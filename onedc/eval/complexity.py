@@ -1,61 +1,101 @@
-"""Complexity in the layout of the supplementary's Table A: parameters, encode and decode time
-(batch 1, after a warm-up, synchronised, median of repeats) and peak decode memory.
+"""Complexity in the layout of the supplementary's Table A (parameters, encode and decode time,
+peak decode memory), with a per-stage profile of both directions.
 
-Encode = image -> file (SD VAE encoder, codec, rANS, container); decode = file -> image (exact
-entropy networks, rANS, g_s, the one-step U-Net, SD VAE decoder). The generator and the VAE run
-under bf16 autocast on a GPU, as the official inference does (`precision="fp32"` to disable);
-the entropy-parameter networks always run in exact fixed point on the CPU.
+Encode = image -> file: SD VAE encoder, g_a, h_enc + FSQ, exact entropy networks, rANS,
+container. Decode = file -> image: container + z, exact entropy networks, rANS, h_sem + g_s,
+U-Net, SD VAE decoder. Batch 1, a random image, after a warm-up call; each stage is
+synchronised at both ends (`onedc.profiling`); times are medians of the repeats. The generator
+and the VAE run under bf16 autocast on a GPU, as the official inference does (`precision="fp32"`
+disables it); the entropy-parameter networks run in exact fixed point (float64) on the model's
+device, whatever the precision.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
+import resource
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..errors import ConfigError
 from ..model import OneDC
+from ..profiling import StageProfile
 
-# Table A of the supplementary: parameters and times at 1024x1024 (A100) as printed
-PAPER_TABLE_A = [
-    {"method": "MS-ILLM", "params": "181M", "encode_s": "0.14", "decode_s": "0.17"},
-    {"method": "DiffEIC", "params": "1.4B", "encode_s": "0.32", "decode_s": "12.4"},
-    {"method": "PerCo (SD)", "params": "3.8B+340M+955M", "encode_s": "0.58", "decode_s": "8.80"},
-    {"method": "DiffC", "params": "950M", "encode_s": "3.9-15.6", "decode_s": "6.9-10.8"},
-    {"method": "DDCM", "params": "950M", "encode_s": "-", "decode_s": "-"},
-    {"method": "OneDC", "params": "1.4B", "encode_s": "0.15", "decode_s": "0.34"},
-]
+ENCODE_STAGES = ("vae_encoder", "g_a", "h_enc_fsq", "entropy_networks", "rans", "h_sem", "container")
+DECODE_STAGES = ("container_z", "entropy_networks", "rans", "h_sem_g_s", "unet", "vae_decoder")
+TABLE_A = Path(__file__).with_name("table_a.json")
+
+
+def paper_table_a() -> dict:
+    """Table A of the supplementary as printed: {"source", "peak_decode_memory_mb_512", "rows"}."""
+    return json.loads(TABLE_A.read_text())
 
 
 def timed(fn: Callable[[], object], repeat: int, device: torch.device) -> tuple[float, object]:
     """(median seconds of `repeat` calls after one warm-up call, the last result); CUDA work is
     synchronised before and after each call."""
+    seconds, _, result = profiled(fn, repeat, device)
+    return seconds, result
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
+def profiled(fn: Callable[[], object], repeat: int, device: torch.device) -> tuple[float, dict[str, float], object]:
+    """(median total seconds, median seconds per stage, the last result) of `repeat` calls of
+    `fn` after one warm-up call, each inside a StageProfile on `device`. The stages a call
+    does not reach are absent; "other" is the rest of the call's wall time."""
     result = fn()
-    times = []
+    totals, stages = [], []
     for _ in range(repeat):
-        sync()
-        start = time.perf_counter()
-        result = fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        with StageProfile(device) as profile:
+            profile.synchronize()
+            start = time.perf_counter()
+            result = fn()
+            profile.synchronize()
+            totals.append(time.perf_counter() - start)
+        seconds = dict(profile.seconds)
+        seconds["other"] = totals[-1] - sum(seconds.values())
+        stages.append(seconds)
+    median = {name: statistics.median(s.get(name, 0.0) for s in stages) for name in stages[0]}
+    return statistics.median(totals), median, result
 
 
 def inference_parameters(model: OneDC) -> int:
-    """Parameters used at inference: codec + generator (U-Net with LoRA, vae_reduction) + VAE."""
+    """Parameters the model holds: codec + generator (U-Net with LoRA, vae_reduction) + VAE
+    (a decoding model holds only the decoder's parts)."""
     return sum(p.numel() for p in model.parameters())
 
 
-def measure(model: OneDC, sizes: list[int], repeat: int = 5, precision: str = "bf16", seed: int = 0) -> dict:
-    """Encode/decode seconds per square image side in `sizes` (random image) on the model's
-    device, and the peak GPU memory of one decode at the first size. Returns a JSON-ready dict."""
+def tensor_megabytes(module: torch.nn.Module) -> float:
+    """Bytes of a module's parameters and buffers, in MiB."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def parse_size(size: str | int) -> tuple[int, int]:
+    """"512" (a square side) or "768x512" (W x H) -> (height, width)."""
+    text = str(size)
+    try:
+        w, h = (int(v) for v in text.split("x")) if "x" in text else (int(text),) * 2
+    except ValueError:
+        raise ConfigError(f"image size {text!r}: expected a side (512) or WxH (768x512)") from None
+    if w < 1 or h < 1:
+        raise ConfigError(f"image size {text!r}: sides must be positive")
+    return h, w
+
+
+def measure(model: OneDC, sizes: list[str | int], repeat: int = 5, precision: str = "bf16", seed: int = 0,
+            compile_decoder: bool = False) -> dict:
+    """Encode/decode seconds (total and per stage) per image size in `sizes` ("512" or
+    "768x512", a random image) on the model's device, and the decode memory (weights vs
+    activations) at the first size. Encodes with `model`, then turns it into a decoder in place
+    (`OneDC.for_decoding`: encoder parts dropped; frozen weights in bf16 on a GPU under bf16
+    precision; `compile_decoder`: torch.compile, whose first decode per size is reported as
+    compile time) and decodes. Returns a JSON-ready dict keyed by the sizes as given."""
     device = model.device
     cuda = device.type == "cuda"
 
@@ -66,44 +106,118 @@ def measure(model: OneDC, sizes: list[int], repeat: int = 5, precision: str = "b
 
     def median(fn):
         with autocast():
-            return timed(fn, repeat, device)
+            return profiled(fn, repeat, device)
 
-    rows = {}
-    for i, side in enumerate(sizes):
-        image = torch.rand(3, side, side, generator=torch.Generator().manual_seed(seed + side)) * 2 - 1
-        t_enc, data = median(lambda: model.compress(image))
-        t_dec, _ = median(lambda: model.decompress(data))
-        row = {"encode_s": round(t_enc, 4), "decode_s": round(t_dec, 4), "bytes": len(data)}
-        if cuda and i == 0:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            with autocast():
-                model.decompress(data)
-            torch.cuda.synchronize(device)
-            row["decode_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
-        rows[str(side)] = row
+    parameters = inference_parameters(model)
+    rows, files = {}, {}
+    for size in sizes:
+        h, w = parse_size(size)
+        image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed + w)) * 2 - 1
+        t_enc, enc_stages, files[size] = median(lambda: model.compress(image))
+        rows[str(size)] = {"encode_s": round(t_enc, 4), "bytes": len(files[size]), "encode_stages_s": _rounded(enc_stages)}
+    model.for_decoding(torch.bfloat16 if cuda and precision == "bf16" else torch.float32)
+    if cuda:
+        torch.cuda.empty_cache()
+    if compile_decoder:
+        model.compile_decoder()
+    for i, size in enumerate(sizes):
+        row = rows[str(size)]
+        with autocast():
+            first_s, _ = _first_call(lambda: model.decompress(files[size]), device)
+        t_dec, dec_stages, _ = median(lambda: model.decompress(files[size]))
+        row.update(decode_s=round(t_dec, 4), decode_stages_s=_rounded(dec_stages))
+        if compile_decoder:
+            row["compile_s"] = round(first_s - t_dec, 2)
+        if i == 0:
+            row["decode_memory_mb"] = _decode_memory(model, files[size], autocast) if cuda else _cpu_memory(model)
     return {
         "model": model.config.name,
         "identity": model.identity.describe(),
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
         "precision": precision,
+        "compiled": compile_decoder,
         "repeat": repeat,
-        "parameters": inference_parameters(model),
+        "parameters": parameters,
+        "decoder_parameters": inference_parameters(model),
         "sizes": rows,
     }
+
+
+def _rounded(seconds: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in seconds.items()}
+
+
+def _first_call(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """(seconds, result) of one synchronised call."""
+    with StageProfile(device) as profile:
+        profile.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        profile.synchronize()
+    return time.perf_counter() - start, result
+
+
+def _decode_memory(model: OneDC, data: bytes, autocast) -> dict:
+    """Peak GPU memory of one decode, split into what is allocated before it (weights) and the
+    rest (activations and workspaces)."""
+    device = model.device
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    weights = torch.cuda.memory_allocated(device)
+    with autocast():
+        model.decompress(data)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    return {"peak": round(peak / 2**20), "weights": round(weights / 2**20), "activations": round((peak - weights) / 2**20)}
+
+
+def _cpu_memory(model: OneDC) -> dict:
+    """On the CPU: the (decoding) model's parameter and buffer bytes, and the process's peak
+    RSS so far (the full model and the encodes included)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"weights": round(tensor_megabytes(model)), "process_peak_rss": round(rss)}
 
 
 def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
-def format_table_a(measured: dict, side: int | None = None, bd_rates: dict[str, dict] | None = None) -> str:
-    """Markdown in Table A's layout: the paper's rows, then ours (times at `side`, default the
+def _label(size: str) -> str:
+    h, w = parse_size(size)
+    return f"{w}x{h}"
+
+
+def format_profile(measured: dict) -> str:
+    """Markdown: one row per stage, one column per size and direction, in milliseconds."""
+    sizes = list(measured["sizes"])
+    lines = ["| stage | " + " | ".join(f"{_label(s)} encode | {_label(s)} decode" for s in sizes) + " |",
+             "|---|" + "---:|---:|" * len(sizes)]
+    names = list(dict.fromkeys([*ENCODE_STAGES, *DECODE_STAGES, "other"]))
+    for name in names:
+        cells = []
+        for s in sizes:
+            row = measured["sizes"][s]
+            for key in ("encode_stages_s", "decode_stages_s"):
+                value = row[key].get(name)
+                cells.append("-" if value is None else f"{1000 * value:.1f}")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    totals = []
+    for s in sizes:
+        totals += [f"**{1000 * measured['sizes'][s]['encode_s']:.1f}**", f"**{1000 * measured['sizes'][s]['decode_s']:.1f}**"]
+    lines.append("| total | " + " | ".join(totals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_table_a(measured: dict, size: str | int | None = None, bd_rates: dict[str, dict] | None = None) -> str:
+    """Markdown in Table A's layout: the paper's rows, then ours (times at `size`, default the
     largest measured). `bd_rates` (method -> {metric: percent or None}) fills the BD-rate columns."""
-    side = side or max(int(s) for s in measured["sizes"])
-    ours = measured["sizes"][str(side)]
+    size = str(size or max(measured["sizes"], key=lambda s: math.prod(parse_size(s))))
+    ours = measured["sizes"][size]
     metrics = ("lpips", "dists", "fid")
     bd_rates = bd_rates or {}
+    paper = paper_table_a()
 
     def bd(method: str) -> list[str]:
         values = bd_rates.get(method, {})
@@ -113,16 +227,22 @@ def format_table_a(measured: dict, side: int | None = None, bd_rates: dict[str, 
         "| Model | Params | Enc. time (s) | Dec. time (s) | BD-rate LPIPS | BD-rate DISTS | BD-rate FID |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in PAPER_TABLE_A:
+    for row in paper["rows"]:
         lines.append(f"| {row['method']} | {row['params']} | {row['encode_s']} | {row['decode_s']} | " + " | ".join(bd(row["method"])) + " |")
     name = f"onedc ({measured['model']})"
     lines.append(f"| {name} | {_count(measured['parameters'])} | {ours['encode_s']:.2f} | {ours['decode_s']:.2f} | " + " | ".join(bd(name)) + " |")
     notes = [
-        "Paper rows: supplementary Table A (1024x1024, A100; BD-rate on MS-COCO 30K against OneDC).",
-        f"Ours: {side}x{side}, {measured['device']}, {measured['precision']}, batch 1, median of {measured['repeat']} after a warm-up.",
+        f"Paper rows: {paper['source']} (BD-rate on MS-COCO 30K against OneDC).",
+        f"Ours: {_label(size)}, {measured['device']}, {measured['precision']}{', compiled' if measured.get('compiled') else ''}, batch 1, median of {measured['repeat']} after a warm-up.",
     ]
-    peak = next((r["decode_peak_mb"] for r in measured["sizes"].values() if "decode_peak_mb" in r), None)
-    if peak is not None:
-        first = next(s for s, r in measured["sizes"].items() if "decode_peak_mb" in r)
-        notes.append(f"Peak decode memory at {first}x{first}: {peak:,} MB (paper: 8,038 MB at 512x512).")
+    first = next(iter(measured["sizes"]))
+    memory = measured["sizes"][first].get("decode_memory_mb", {})
+    compile_s = {s: r["compile_s"] for s, r in measured["sizes"].items() if "compile_s" in r}
+    if compile_s:
+        notes.append("Compile time (first decode per size, not in the times): " + ", ".join(f"{_label(s)} {v:.1f} s" for s, v in compile_s.items()) + ".")
+    if "peak" in memory:
+        notes.append(
+            f"Peak decode memory at {_label(first)}: {memory['peak']:,} MB = {memory['weights']:,} MB weights + "
+            f"{memory['activations']:,} MB activations (paper: {paper['peak_decode_memory_mb_512']:,} MB at 512x512)."
+        )
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
