@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import weights as external
 from ..model import OneDC, build_code_predictor, build_tokenizer
-from . import checkpoints
+from . import checkpoints, optim
 from .config import RunConfig
 from .loop import StageTrainer
 from .losses import Stage1Loss, build_lpips_vgg, lmbda_at
@@ -42,16 +42,15 @@ def build_module(run: RunConfig) -> Stage1Module:
     # seeded apart from the global RNG: the frozen tokenizer is not checkpointed and must come
     # out the same on every rank and after every resume
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run.model.seed + 1)
+        torch.manual_seed(run.model.seed + run.seed_offsets.predictor)
         predictor = build_code_predictor(run.model)
         tokenizer = build_tokenizer(run.model)
     if run.model.external.tokenizer:
         external.load_tokenizer(tokenizer, external.require(run.model.external.tokenizer, run.weights))
     perceptual = build_lpips_vgg(external.require(run.loss.lpips_weights, run.weights)) if run.loss.lpips_weight > 0 else None
-    if run.train.gradient_checkpointing:
-        model.generator.unet.enable_gradient_checkpointing()
-        model.codec.g_a.unet.enable_gradient_checkpointing()
-        model.vae.enable_gradient_checkpointing()
+    parts = {"analysis_unet": model.codec.g_a.unet, "generator_unet": model.generator.unet, "vae_decoder": model.vae}
+    for name in run.train.gradient_checkpointing:
+        parts[name].enable_gradient_checkpointing()  # the VAE's encoder runs without gradients: only its decoder recomputes
     return Stage1Module(model, predictor, tokenizer, Stage1Loss(run.loss, perceptual, run.model.distillation.mse_weight))
 
 
@@ -61,15 +60,10 @@ class Stage1Trainer(StageTrainer):
         return [n for n in (ext.unet, ext.vae, ext.tokenizer, loss.lpips_weights if loss.lpips_weight > 0 else None) if n]
 
     def build(self) -> None:
-        from diffusers.optimization import get_scheduler
-
-        t, accelerator = self.run.train, self.accelerator
-        module = build_module(self.run)
+        run, accelerator = self.run, self.accelerator
+        module = build_module(run)
         self.trainable = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-        self.scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=t.warmup_steps)
-        self.module, self.optimizer = accelerator.prepare(module, optimizer)
-        accelerator.register_for_checkpointing(self.scheduler)  # stepped once per optimizer step by us
+        self.module, self.optimizer = accelerator.prepare(module, optim.adamw(self.trainable, run.optimizer, run.optimizer.lr))
         self.inner: Stage1Module = accelerator.unwrap_model(self.module)
         self.model, self.perceptual = self.inner.model, self.inner.loss.perceptual
         self.module.train()
@@ -77,6 +71,8 @@ class Stage1Trainer(StageTrainer):
     def train_batch(self, batch: dict, step: int) -> tuple[dict[str, torch.Tensor], bool]:
         t, loss, accelerator = self.run.train, self.run.loss, self.accelerator
         lmbda = lmbda_at(step, t.lmbda, loss.lmbda_warmup_steps, loss.lmbda_start)
+        lr = self.run.optimizer.lr * optim.lr_factor(step, self.run.schedule)
+        optim.set_lr(self.optimizer, lr)
         with accelerator.accumulate(self.module):
             terms = self.module(batch["image"].to(accelerator.device), lmbda)
             accelerator.backward(terms["loss"])
@@ -84,10 +80,8 @@ class Stage1Trainer(StageTrainer):
                 accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad()
-        if accelerator.sync_gradients:
-            self.scheduler.step()
         terms["lmbda"] = torch.tensor(lmbda)
-        terms["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])
+        terms["lr"] = torch.tensor(lr)
         return terms, accelerator.sync_gradients
 
     def save_extras(self, folder: Path) -> None:
