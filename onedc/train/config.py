@@ -43,6 +43,9 @@ class TrainConfig:
     max_grad_norm: float = MISSING
     mixed_precision: str = MISSING
     gradient_checkpointing: list[str] = MISSING  # parts whose activations are recomputed in the backward pass
+    compile: bool = MISSING  # torch.compile of the U-Nets and the VAE
+    channels_last: bool = MISSING  # convolutions in NHWC memory layout
+    frozen_bf16: bool = MISSING  # frozen parts stored in bf16 (with mixed_precision=bf16)
     seed: int = MISSING
     checkpoint_every: int = MISSING
     keep_last: int = MISSING
@@ -220,6 +223,7 @@ def validate(run: RunConfig) -> None:
         (t.log_every > 0 and t.num_workers >= 0, "train.log_every must be positive, train.num_workers >= 0"),
         (all(name in signal.Signals.__members__ for name in t.stop_signals), f"train.stop_signals: unknown signal name in {t.stop_signals} (e.g. SIGTERM, SIGUSR1)"),
         (t.lock_expiry_s > 0, "train.lock_expiry_s must be positive"),
+        (not t.frozen_bf16 or t.mixed_precision == "bf16", "train.frozen_bf16=true needs train.mixed_precision=bf16 (the frozen parts compute under bf16 autocast)"),
         (loss.lmbda_warmup_steps >= 0 and loss.lmbda_start >= 0, "loss: lmbda_warmup_steps and lmbda_start must be >= 0"),
         (min(loss.l1_weight, loss.lpips_weight, loss.aux_weight) >= 0, "loss weights must be >= 0"),
         (v.every > 0, "validation.every must be positive"),

@@ -73,6 +73,13 @@ class StageTrainer:
     def train_batch(self, batch: dict, step: int) -> tuple[dict[str, torch.Tensor], bool]:
         raise NotImplementedError
 
+    def profile_components(self) -> dict[str, list[torch.nn.Module]]:
+        """Named groups of modules whose time and memory `profiling.StepProfiler` reports."""
+        raise NotImplementedError
+
+    def profile_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
     def save_extras(self, folder: Path) -> None:
         pass
 
@@ -208,7 +215,8 @@ class StageTrainer:
             if accelerator.is_main_process:
                 modes = [(m, m.training) for m in self.model.modules()]  # restored exactly afterwards
                 self.model.eval()
-                metrics = validate(self.model, self.perceptual, validation_images, run)
+                with accelerator.autocast():  # the training precision (float64 exact entropy parts stay exact)
+                    metrics = validate(self.model, self.perceptual, validation_images, run)
                 for m, training in modes:
                     m.training = training
                 accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import weights as external
 from ..model import OneDC, build_code_predictor, build_tokenizer
-from . import checkpoints, optim
+from . import checkpoints, optim, speed
 from .config import RunConfig
 from .loop import StageTrainer
 from .losses import Stage1Loss, build_lpips_vgg, lmbda_at
@@ -51,7 +51,10 @@ def build_module(run: RunConfig) -> Stage1Module:
     parts = {"analysis_unet": model.codec.g_a.unet, "generator_unet": model.generator.unet, "vae_decoder": model.vae}
     for name in run.train.gradient_checkpointing:
         parts[name].enable_gradient_checkpointing()  # the VAE's encoder runs without gradients: only its decoder recomputes
-    return Stage1Module(model, predictor, tokenizer, Stage1Loss(run.loss, perceptual, run.model.distillation.mse_weight))
+    module = Stage1Module(model, predictor, tokenizer, Stage1Loss(run.loss, perceptual, run.model.distillation.mse_weight))
+    speed.apply([module], heavy=[model.generator.unet, model.vae.encoder, model.vae.decoder],
+                frozen=[model.vae, model.generator.unet, tokenizer, *([perceptual] if perceptual is not None else [])], train=run.train)
+    return module
 
 
 class Stage1Trainer(StageTrainer):
@@ -74,7 +77,7 @@ class Stage1Trainer(StageTrainer):
         lr = self.run.optimizer.lr * optim.lr_factor(step, self.run.schedule)
         optim.set_lr(self.optimizer, lr)
         with accelerator.accumulate(self.module):
-            terms = self.module(batch["image"].to(accelerator.device), lmbda)
+            terms = self.module(speed.images(batch["image"].to(accelerator.device), t), lmbda)
             accelerator.backward(terms["loss"])
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm)
@@ -83,6 +86,23 @@ class Stage1Trainer(StageTrainer):
         terms["lmbda"] = torch.tensor(lmbda)
         terms["lr"] = torch.tensor(lr)
         return terms, accelerator.sync_gradients
+
+    def profile_components(self) -> dict[str, list[nn.Module]]:
+        model, codec, vae, inner = self.model, self.model.codec, self.model.vae, self.inner
+        parts = {
+            "VAE encoder": [vae.encoder, vae.quant_conv],
+            "g_a": [codec.g_a],
+            "h_enc / FSQ / h_dec / context": [codec.h_enc, codec.fsq, codec.h_dec, codec.context],
+            "h_sem / g_s": [codec.h_sem, codec.g_s],
+            "U-Net (LoRA) + vae_reduction": [model.generator],
+            "VAE decoder": [vae.post_quant_conv, vae.decoder],
+            "LPIPS": [inner.loss.perceptual],
+            "tokenizer + code predictor": [inner.tokenizer.encoder, inner.tokenizer.quantize, inner.predictor],
+        }
+        return {name: [m for m in modules if m is not None] for name, modules in parts.items() if any(m is not None for m in modules)}
+
+    def profile_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"AdamW": self.optimizer.optimizer}  # the torch optimizer under Accelerate's wrapper
 
     def save_extras(self, folder: Path) -> None:
         if self.accelerator.is_main_process:

@@ -29,7 +29,7 @@ from ..generator.vae import decode_latent
 from ..model import OneDC
 from ..official import load_guidance
 from ..state_dicts import check_keys, shapes
-from . import checkpoints, optim
+from . import checkpoints, optim, speed
 from .config import RunConfig, compose
 from .dmd import Guidance, TextConditioner, frozen
 from .loop import StageTrainer
@@ -53,9 +53,11 @@ class Stage2Generator(nn.Module):
         self.model.codec.eval()  # hard rounding, as at inference
         return self
 
-    def forward(self, x: torch.Tensor, decode: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, x_lat: torch.Tensor, decode: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images x (B, 3, H, W) and their SD VAE latents x_lat (posterior mode, scaled) -> the
+        generator's latents (B, 4, H/8, W/8) and, with `decode`, their pixels."""
         with torch.no_grad():
-            out = self.model.codec(x, self.model.encode_latent(x))
+            out = self.model.codec(x, x_lat)
         latents = self.model.generator(out["y_in"], tokens(out["c"]))
         return latents, decode_latent(self.model.vae, latents) if decode else None
 
@@ -105,6 +107,8 @@ class Stage2Trainer(StageTrainer):
             parts[name].enable_gradient_checkpointing()  # the VAE's encoder runs without gradients: only its decoder recomputes
 
         generator = Stage2Generator(model)
+        speed.apply([generator, guidance], heavy=[model.generator.unet, model.vae.encoder, model.vae.decoder, guidance.real_unet, guidance.fake_unet],
+                    frozen=[model.vae, model.generator.unet, text], train=t)
         opt_g = optim.adamw([p for p in generator.parameters() if p.requires_grad], run.optimizer, run.optimizer.lr)
         self.generator, self.opt_g = accelerator.prepare(generator, opt_g)
         if run.dmd.fsdp:  # sharded by FSDP2, which also averages its gradients: not wrapped by Accelerate
@@ -129,8 +133,13 @@ class Stage2Trainer(StageTrainer):
     def train_batch(self, batch: dict, step: int) -> tuple[dict[str, torch.Tensor], bool]:
         run, accelerator = self.run, self.accelerator
         d, loss = run.dmd, run.loss
-        x = batch["image"].to(accelerator.device)
+        x = speed.images(batch["image"].to(accelerator.device), run.train)
         cond = self.text(batch["caption"])  # no caption: the empty prompt
+        # the VAE encodes the images once for both turns: the codec's input (posterior mode, as
+        # at inference) and the guidance's real latents (a posterior sample)
+        with torch.no_grad(), accelerator.autocast():
+            posterior = self.model.vae.encode(x).latent_dist
+            x_lat, real = (v * self.model.vae.config.scaling_factor for v in (posterior.mode(), posterior.sample()))
         uncond = self.uncond.expand(len(x), -1, -1)
         terms: dict[str, torch.Tensor] = {}
         factor = optim.lr_factor(step, run.schedule)  # every step, the generator's too (SPEC.md 6.3)
@@ -140,7 +149,7 @@ class Stage2Trainer(StageTrainer):
         # generator turn: the guidance is frozen and not synchronised (its weights do not move)
         with frozen(self.inner_guidance), accelerator.no_sync(self.guidance):
             if step % d.generator_every == 0:
-                latents, x_hat = self.generator(x)
+                latents, x_hat = self.generator(x, x_lat)
                 with accelerator.autocast():  # Accelerate's own for a wrapped guidance, needed for a sharded one
                     critic = self.guidance("generator", latents, cond, uncond)
                 dmd, gan = critic["dmd"], critic["gan_generator"]
@@ -154,11 +163,9 @@ class Stage2Trainer(StageTrainer):
                 terms.update(generator_loss=generator_loss, dmd=dmd, gan_generator=gan, l1=l1, lpips=lpips)
             else:
                 with torch.no_grad():
-                    latents, _ = self.generator(x, decode=False)
+                    latents, _ = self.generator(x, x_lat, decode=False)
 
         # guidance turn, on the generator's detached latents and the VAE latents of the images
-        with torch.no_grad():
-            real = self.model.vae.encode(x).latent_dist.sample() * self.model.vae.config.scaling_factor
         with accelerator.autocast():
             guidance_terms = self.guidance("guidance", latents.detach(), cond, real)
         accelerator.backward(guidance_terms["guidance_loss"])
@@ -166,6 +173,24 @@ class Stage2Trainer(StageTrainer):
         self.opt_d.step()
         self.opt_d.zero_grad()
         return {**guidance_terms, **terms}, True
+
+    def profile_components(self) -> dict[str, list[nn.Module]]:
+        model, vae, guidance = self.model, self.model.vae, self.inner_guidance
+        parts = {
+            "VAE encoder": [vae.encoder, vae.quant_conv],
+            "codec (frozen, no gradients)": [model.codec],
+            "U-Net (LoRA) + vae_reduction": [model.generator],
+            "VAE decoder": [vae.post_quant_conv, vae.decoder],
+            "LPIPS": [self.perceptual],
+            "text encoder": [self.text.encoder],
+            "real score": [guidance.real_unet],
+            "fake score": [guidance.fake_unet],
+            "GAN head": [guidance.cls_pred_branch],
+        }
+        return {name: [m for m in modules if m is not None] for name, modules in parts.items() if any(m is not None for m in modules)}
+
+    def profile_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"AdamW (generator)": self.opt_g.optimizer, "AdamW (guidance)": self.opt_d}  # torch optimizers, not Accelerate's wrapper
 
     def save_extras(self, folder: Path) -> None:
         """The trainable guidance and its optimizer state, whole: gathered from every rank when
