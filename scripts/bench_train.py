@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="then profile --steps more steps per component")
     parser.add_argument("--cpu-time", action="store_true",
                         help="CPU: time by the process's CPU time, not wall time (a shared, loaded machine; use OMP_NUM_THREADS=1)")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow the options
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         stage1 = tmp / "stage1"  # Stage II's starting checkpoint

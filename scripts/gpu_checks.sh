@@ -3,9 +3,9 @@
 #   1. the CUDA bit-exactness tests (a file encoded on the CPU decodes identically on the GPU)
 #   2. full-size encode / decode time and decode memory at 512^2 and 1024^2 (bf16)
 #   3. training, full size, bf16, batch 8 x 512^2 (about 7 minutes in all): Stage I and Stage II
-#      throughput, peak memory and per-component profile with today's defaults ("before") and with
-#      the speed settings (train.frozen_bf16, train.channels_last, optimizer.fused; Stage II also the
-#      VAE decoder checkpointed: "after"); Stage I's 1024^2 policy at its batch (8 x 0.25 = 2);
+#      throughput, peak memory and per-component profile with the earlier settings ("before": no
+#      speed setting, optimizer.fused=false) and with the speed settings (fused AdamW, the default
+#      now, train.frozen_bf16, train.channels_last; Stage II also the VAE decoder checkpointed: "after"); Stage I's 1024^2 policy at its batch (8 x 0.25 = 2);
 #      Stage I with train.compile last (2 more minutes; the first 7 hold the core figures)
 # Random full-size weights (--random-weights): the compute is that of the real models.
 # Usage: bash scripts/gpu_checks.sh [LOG_DIR]; each step has its own time limit and log.
@@ -26,10 +26,10 @@ $PY -c "import torch, diffusers, peft, transformers, accelerate; print('torch', 
 step cuda_tests 180 $PY -m pytest -q -p no:cacheprovider tests/test_fresh_process.py -k gpu
 step codec 240 $PY -m onedc.eval complexity --model onedc_sd15 --sizes 512 1024 --repeat 3 --device cuda
 BENCH="$PY scripts/bench_train.py --random-weights --size 512 --batch 8"
-FAST="train.frozen_bf16=true train.channels_last=true optimizer.fused=true"
-step stage1_before 80 $BENCH experiment=stage1 --steps 4 --warmup 2 --profile
+FAST="train.frozen_bf16=true train.channels_last=true"   # with optimizer.fused=true, the default
+step stage1_before 80 $BENCH experiment=stage1 --steps 4 --warmup 2 --profile optimizer.fused=false
 step stage1_after 80 $BENCH experiment=stage1 --steps 4 --warmup 2 --profile $FAST
 step stage1_1024 60 $PY scripts/bench_train.py --random-weights --size 1024 --batch 2 experiment=stage1 --steps 3 --warmup 2 $FAST
-step stage2_before 100 $BENCH --stage 2 experiment=stage2 --steps 10 --warmup 2 --profile
+step stage2_before 100 $BENCH --stage 2 experiment=stage2 --steps 10 --warmup 2 --profile optimizer.fused=false
 step stage2_after 100 $BENCH --stage 2 experiment=stage2 --steps 10 --warmup 2 --profile $FAST "train.gradient_checkpointing=[vae_decoder]"
 step stage1_compile 120 $BENCH experiment=stage1 --steps 5 --warmup 3 $FAST train.compile=true

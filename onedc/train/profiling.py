@@ -128,7 +128,7 @@ class StepProfiler:
     def table(self, steps: int, step_seconds: float) -> str:
         """A Markdown table, per step: forward / backward / optimizer ms, saved and kept MB."""
         mb = 2**20
-        rows = ["| component | calls | forward ms | backward ms | saved for backward MB |" + (" kept after forward MB |" if self.device.type == "cuda" else ""),
+        rows = ["| component | module calls | forward ms | backward ms | saved for backward MB |" + (" kept after forward MB |" if self.device.type == "cuda" else ""),
                 "|---|---|---|---|---|" + ("---|" if self.device.type == "cuda" else "")]
         accounted = 0.0
         for name in self.components:

@@ -108,7 +108,7 @@ class Stage2Trainer(StageTrainer):
 
         generator = Stage2Generator(model)
         speed.apply([generator, guidance], heavy=[model.generator.unet, model.vae.encoder, model.vae.decoder, guidance.real_unet, guidance.fake_unet],
-                    frozen=[model.vae, model.generator.unet, text], train=t)
+                    frozen=[model.vae, model.generator.unet, text, *([self.perceptual] if self.perceptual is not None else [])], train=t)
         opt_g = optim.adamw([p for p in generator.parameters() if p.requires_grad], run.optimizer, run.optimizer.lr)
         self.generator, self.opt_g = accelerator.prepare(generator, opt_g)
         if run.dmd.fsdp:  # sharded by FSDP2, which also averages its gradients: not wrapped by Accelerate
