@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from onedc.train import checkpoints
 from onedc.train.launcher import SlurmLauncher, export_torch_distributed_env

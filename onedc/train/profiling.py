@@ -127,20 +127,20 @@ class StepProfiler:
     # ---------------------------------------------------------------- report
     def table(self, steps: int, step_seconds: float) -> str:
         """A Markdown table, per step: forward / backward / optimizer ms, saved and kept MB."""
-        mb = 2**20
-        rows = ["| component | module calls | forward ms | backward ms | saved for backward MB |" + (" kept after forward MB |" if self.device.type == "cuda" else ""),
-                "|---|---|---|---|---|" + ("---|" if self.device.type == "cuda" else "")]
+        mb, cuda = 2**20, self.device.type == "cuda"
+        rows = ["| component | module calls | forward ms | backward ms | saved for backward MB |" + (" kept after forward MB |" if cuda else ""),
+                "|---|---|---|---|---|" + ("---|" if cuda else "")]
         accounted = 0.0
         for name in self.components:
             f, b = 1000 * self.forward[name] / steps, 1000 * self.backward[name] / steps
             accounted += f + b
             row = f"| {name} | {self.calls[name] / steps:g} | {f:.1f} | {b:.1f} | {self.saved[name] / steps / mb:.1f} |"
-            rows.append(row + (f" {self.kept[name] / steps / mb:.1f} |" if self.device.type == "cuda" else ""))
+            rows.append(row + (f" {self.kept[name] / steps / mb:.1f} |" if cuda else ""))
         for name in self.optimizers:
             ms = 1000 * self.optimizer_time[name] / steps
             accounted += ms
-            rows.append(f"| optimizer step: {name} | 1 | {ms:.1f} | | |" + (" |" if self.device.type == "cuda" else ""))
+            rows.append(f"| optimizer step: {name} | 1 | {ms:.1f} | | |" + (" |" if cuda else ""))
         step_ms = 1000 * step_seconds / steps
-        rows.append(f"| rest (loss terms, clipping, glue; minus overlaps) | | {step_ms - accounted:.1f} | | |" + (" |" if self.device.type == "cuda" else ""))
-        rows.append(f"| **whole step** | | **{step_ms:.1f}** | | **{sum(self.saved.values()) / steps / mb:.1f}** |" + (" |" if self.device.type == "cuda" else ""))
+        rows.append(f"| rest (loss terms, clipping, glue; minus overlaps) | | {step_ms - accounted:.1f} | | |" + (" |" if cuda else ""))
+        rows.append(f"| **whole step** | | **{step_ms:.1f}** | | **{sum(self.saved.values()) / steps / mb:.1f}** |" + (" |" if cuda else ""))
         return "\n".join(rows)
