@@ -25,3 +25,7 @@ class CheckpointError(OneDCError):
 
 class WeightsError(OneDCError):
     """An external weight is missing, unreadable or does not fit the module it is loaded into."""
+
+
+class RunInUseError(OneDCError):
+    """A training run folder is locked by another running job."""

@@ -8,8 +8,11 @@
 #                    weights vs activations
 #     codec_compile  the same decode with --compile at 1024^2, compile time reported apart
 #     codec_batch    batched coding throughput at 512^2, batch 1, 8, 16 (images/s)
-#   train part:
-#     stage2 / stage1  training throughput and memory, full size, batch 8 x 512^2, bf16
+#   train part (about 9 minutes): Stage I and Stage II throughput, peak memory and per-component
+#     profile, full size, bf16, batch 8 x 512^2, with the earlier settings ("before": no speed
+#     setting, optimizer.fused=false) and with the speed settings (fused AdamW, the default now,
+#     train.frozen_bf16, train.channels_last; Stage II also the VAE decoder checkpointed: "after");
+#     Stage I's 1024^2 policy at its batch (8 x 0.25 = 2); Stage I with train.compile last
 # Random full-size weights (--random-weights / untrained): the compute is that of the real models.
 # Usage: bash scripts/gpu_checks.sh [LOG_DIR] [codec|train|all]   (default: gpu_logs all)
 set -uo pipefail
@@ -34,6 +37,12 @@ if [ "$PART" = codec ] || [ "$PART" = all ]; then
   step codec_batch 100 $PY scripts/bench_codec.py --model onedc_sd15 --size 512x512 --batch 1 8 16 --images 16 --repeat 2 --device cuda --json "$LOG/codec_batch.json"
 fi
 if [ "$PART" = train ] || [ "$PART" = all ]; then
-  step stage2 300 $PY scripts/bench_train.py --stage 2 experiment=stage2 --size 512 --batch 8 --steps 10 --warmup 2 --random-weights
-  step stage1 240 $PY scripts/bench_train.py experiment=stage1 --size 512 --batch 8 --steps 5 --warmup 2 --random-weights
+  BENCH="$PY scripts/bench_train.py --random-weights --size 512 --batch 8"
+  FAST="train.frozen_bf16=true train.channels_last=true"   # with optimizer.fused=true, the default
+  step stage1_before 80 $BENCH experiment=stage1 --steps 4 --warmup 2 --profile optimizer.fused=false
+  step stage1_after 80 $BENCH experiment=stage1 --steps 4 --warmup 2 --profile $FAST
+  step stage1_1024 60 $PY scripts/bench_train.py --random-weights --size 1024 --batch 2 experiment=stage1 --steps 3 --warmup 2 $FAST
+  step stage2_before 100 $BENCH --stage 2 experiment=stage2 --steps 10 --warmup 2 --profile optimizer.fused=false
+  step stage2_after 100 $BENCH --stage 2 experiment=stage2 --steps 10 --warmup 2 --profile $FAST "train.gradient_checkpointing=[vae_decoder]"
+  step stage1_compile 120 $BENCH experiment=stage1 --steps 5 --warmup 3 $FAST train.compile=true
 fi

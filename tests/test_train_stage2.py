@@ -45,7 +45,7 @@ def changed(before: dict, module: torch.nn.Module) -> bool:
 
 
 def test_turns_update_what_they_should(stage1_checkpoint, tmp_path):
-    trainer = Stage2Trainer(stage2(stage1_checkpoint, "train.max_steps=30", "train.warmup_steps=0"), tmp_path)
+    trainer = Stage2Trainer(stage2(stage1_checkpoint, "train.max_steps=30", "schedule.warmup_steps=0"), tmp_path)
     trainer.setup()
     model, guidance = trainer.model, trainer.inner_guidance
     policies = policies_from_config(trainer.run.data.policies)
@@ -119,13 +119,15 @@ def test_kill_and_resume_matches(stage1_checkpoint, tmp_path):
 
 
 def test_a_missing_stage1_checkpoint_is_trained_first(tmp_path):
-    """quickstart_stage2 without the quickstart's checkpoint: the bootstrap Stage I run makes it."""
+    """`onedc-train experiment=quickstart_stage2` without the quickstart's checkpoint, as a user
+    runs it: the bootstrap Stage I run (composed inside the running Hydra app) makes it first."""
+    assert compose(["experiment=quickstart_stage2"]).dmd.bootstrap == ["experiment=quickstart"]
     init = tmp_path / "stage1" / "checkpoints" / "best"
-    run = stage2(init, "train.max_steps=2", "train.checkpoint_every=2")
-    assert run.dmd.bootstrap == ["experiment=quickstart"]
-    run.dmd.bootstrap = STAGE1
-    state = train(run, tmp_path / "stage2")
-    assert (init / "model.safetensors").is_file() and state["step"] == 2
+    bootstrap = ",".join(f"'{o}'" for o in STAGE1)
+    run_python("-m", "onedc.train", "experiment=quickstart_stage2", "train.logger=none", f"train.init_from={init}",
+               "validation.every=100", "validation.crop=64", "data.policies=[{name:crop128,weight:1.0,mode:crop,size:128,batch_fraction:1.0}]",
+               "train.max_steps=2", "train.checkpoint_every=2", f"dmd.bootstrap=[{bootstrap}]", f"hydra.run.dir={tmp_path / 'stage2'}")
+    assert (init / "model.safetensors").is_file()
     assert (tmp_path / "stage2" / "checkpoints" / "step_0000002" / "guidance.safetensors").is_file()
 
 
@@ -138,7 +140,7 @@ def test_sharded_guidance_matches_ddp_and_resumes_exactly(stage1_checkpoint, tmp
                           "experiment=quickstart_stage2", "train.logger=none", f"train.init_from={stage1_checkpoint}",
                           "validation.every=100", "validation.crop=64",
                           "data.policies=[{name:crop128,weight:1.0,mode:crop,size:128,batch_fraction:1.0}]",
-                          "train.max_steps=4", "train.checkpoint_every=2", "train.warmup_steps=0", "dmd.generator_every=2",
+                          "train.max_steps=4", "train.checkpoint_every=2", "schedule.warmup_steps=0", "dmd.generator_every=2",
                           f"dmd.fsdp={str(fsdp).lower()}", f"hydra.run.dir={run_dir}", *extra)
 
     sharded, replicated, resumed = tmp_path / "fsdp", tmp_path / "ddp", tmp_path / "resumed"

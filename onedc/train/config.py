@@ -4,6 +4,7 @@ dataclasses check types, `validate` checks values and names the key at fault."""
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -12,8 +13,25 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from ..config import ModelConfig, model_config_from_dict, parse_structured
 from ..errors import ConfigError
 
-# Under `accelerate launch` every rank runs Hydra; only rank 0 writes the .hydra/ folder.
-OmegaConf.register_new_resolver("onedc_hydra_subdir", lambda: ".hydra" if int(os.environ.get("RANK", "0")) == 0 else None, replace=True)
+
+
+def process_rank() -> int:
+    """This process's global rank, before torch.distributed starts: `accelerate launch` (torchrun)
+    sets RANK; inside a SLURM or local submitit job it is the task's."""
+    for name in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return 0
+
+
+# Every rank runs Hydra: only rank 0 writes the .hydra/ folder, each rank its own log file.
+OmegaConf.register_new_resolver("onedc_hydra_subdir", lambda: ".hydra" if process_rank() == 0 else None, replace=True)
+OmegaConf.register_new_resolver("onedc_rank", process_rank, replace=True)
+
+
+# what train.gradient_checkpointing may name per stage: the parts that run with gradients (the VAE
+# encoder, the frozen codec of Stage II and the real score run without, so have nothing to recompute)
+CHECKPOINTABLE = {"stage1": ("analysis_unet", "generator_unet", "vae_decoder"), "stage2": ("generator_unet", "vae_decoder", "fake_unet")}
 
 
 @dataclass
@@ -22,23 +40,52 @@ class TrainConfig:
     max_steps: int = MISSING
     batch_size: int = MISSING
     grad_accum: int = MISSING
-    lr: float = MISSING
-    betas: list[float] = MISSING
-    weight_decay: float = MISSING
-    warmup_steps: int = MISSING
     max_grad_norm: float = MISSING
     mixed_precision: str = MISSING
-    gradient_checkpointing: bool = MISSING
+    gradient_checkpointing: list[str] = MISSING  # parts whose activations are recomputed in the backward pass
+    compile: bool = MISSING  # torch.compile of the U-Nets and the VAE
+    channels_last: bool = MISSING  # convolutions in NHWC memory layout
+    frozen_bf16: bool = MISSING  # frozen parts stored in bf16 (with mixed_precision=bf16)
     seed: int = MISSING
     checkpoint_every: int = MISSING
     keep_last: int = MISSING
     resume: Optional[str] = None
+    stop_signals: list[str] = MISSING  # checkpoint and stop after the current step on these
+    lock_expiry_s: float = MISSING  # a run-folder lock whose heartbeat is older than this is stale
     init_from: Optional[str] = None  # Stage II: the Stage I checkpoint folder to start from
     log_every: int = MISSING
     logger: str = MISSING
     wandb_project: str = MISSING
     num_workers: int = MISSING
     cpu: bool = MISSING
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW (configs/optimizer/)."""
+
+    lr: float = MISSING
+    betas: list[float] = MISSING
+    weight_decay: float = MISSING
+    fused: bool = MISSING
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning rate: linear warm-up, then optimizer.lr x factors[i] from milestones[i] on (configs/schedule/)."""
+
+    warmup_steps: int = MISSING
+    milestones: list[int] = field(default_factory=list)
+    factors: list[float] = field(default_factory=list)
+
+
+@dataclass
+class SeedOffsetsConfig:
+    """Added to model.seed for the parts built apart from the model's own seeded initialisation."""
+
+    predictor: int = MISSING
+    guidance: int = MISSING
+    text_conditioner: int = MISSING
 
 
 @dataclass
@@ -115,6 +162,9 @@ class RunConfig:
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig
+    seed_offsets: SeedOffsetsConfig
     loss: LossConfig
     validation: ValidationConfig
     dmd: DMDConfig
@@ -122,18 +172,23 @@ class RunConfig:
 
 
 def compose(overrides: list[str] | None = None) -> RunConfig:
-    """The training config with Hydra-style overrides, without launching Hydra (for tests and
-    scripts): e.g. compose(["experiment=quickstart", "train.max_steps=10"])."""
+    """The training config with Hydra-style overrides, e.g. compose(["experiment=quickstart",
+    "train.max_steps=10"]): from scripts and tests, or inside the running `onedc-train` (whose
+    Hydra already searches onedc.configs)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():
+        return run_config(hydra_compose("train", overrides=overrides or []))
     with initialize_config_module("onedc.configs", version_base="1.3"):
         return run_config(hydra_compose("train", overrides=overrides or []))
 
 
 def run_config(cfg: DictConfig) -> RunConfig:
     """Check the composed Hydra config and return it as dataclasses."""
-    sections = {"train": TrainConfig, "loss": LossConfig, "data": DataConfig, "validation": ValidationConfig, "dmd": DMDConfig}
+    sections = {"train": TrainConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig, "seed_offsets": SeedOffsetsConfig,
+                "loss": LossConfig, "data": DataConfig, "validation": ValidationConfig, "dmd": DMDConfig}
     parsed = {}
     for key, schema in sections.items():
         if key not in cfg:
@@ -151,18 +206,27 @@ def run_config(cfg: DictConfig) -> RunConfig:
 
 
 def validate(run: RunConfig) -> None:
-    t, loss, v = run.train, run.loss, run.validation
+    t, loss, v, opt, sched = run.train, run.loss, run.validation, run.optimizer, run.schedule
     checks = [
         (t.lmbda >= 0, f"train.lmbda must be >= 0, got {t.lmbda}"),
         (t.max_steps > 0, "train.max_steps must be positive"),
         (t.batch_size > 0, "train.batch_size must be positive"),
         (t.grad_accum >= 1, "train.grad_accum must be at least 1"),
-        (t.lr > 0 and t.weight_decay >= 0 and len(t.betas) == 2, "train: lr > 0, weight_decay >= 0, two betas"),
+        (opt.lr > 0 and opt.weight_decay >= 0 and len(opt.betas) == 2, "optimizer: lr > 0, weight_decay >= 0, two betas"),
+        (sched.warmup_steps >= 0, "schedule.warmup_steps must be >= 0"),
+        (len(sched.milestones) == len(sched.factors), "schedule: one factor per milestone"),
+        (all(a < b for a, b in zip(sched.milestones, sched.milestones[1:])) and all(f > 0 for f in sched.factors),
+         "schedule: milestones must increase and factors be positive"),
         (t.max_grad_norm > 0, "train.max_grad_norm must be positive"),
         (t.mixed_precision in ("no", "bf16", "fp16"), f"train.mixed_precision must be no, bf16 or fp16, got {t.mixed_precision!r}"),
         (t.checkpoint_every > 0 and t.keep_last >= 1, "train.checkpoint_every must be positive and train.keep_last at least 1"),
         (t.logger in ("tensorboard", "wandb", "none"), f"train.logger must be tensorboard, wandb or none, got {t.logger!r}"),
         (t.log_every > 0 and t.num_workers >= 0, "train.log_every must be positive, train.num_workers >= 0"),
+        (all(name in signal.Signals.__members__ for name in t.stop_signals),
+         f"train.stop_signals: unknown signal name in {t.stop_signals} (e.g. SIGTERM, SIGUSR1)"),
+        (t.lock_expiry_s > 0, "train.lock_expiry_s must be positive"),
+        (not t.frozen_bf16 or t.mixed_precision == "bf16",
+         "train.frozen_bf16=true needs train.mixed_precision=bf16 (the frozen parts compute under bf16 autocast)"),
         (loss.lmbda_warmup_steps >= 0 and loss.lmbda_start >= 0, "loss: lmbda_warmup_steps and lmbda_start must be >= 0"),
         (min(loss.l1_weight, loss.lpips_weight, loss.aux_weight) >= 0, "loss weights must be >= 0"),
         (v.every > 0, "validation.every must be positive"),
@@ -176,6 +240,9 @@ def validate(run: RunConfig) -> None:
             raise ConfigError(message)
     if run.stage not in ("stage1", "stage2"):
         raise ConfigError(f"stage must be stage1 or stage2, got {run.stage!r}")
+    unknown = sorted(set(t.gradient_checkpointing) - set(CHECKPOINTABLE[run.stage]))
+    if unknown:
+        raise ConfigError(f"train.gradient_checkpointing: {run.stage} has no part {unknown[0]!r} (choose from {', '.join(CHECKPOINTABLE[run.stage])})")
     if run.stage == "stage2":
         d = run.dmd
         stage2_checks = [

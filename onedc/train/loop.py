@@ -1,6 +1,7 @@
 """What the training stages share: Accelerate set-up, the run folder (Hydra's, chosen by rank 0
-and broadcast), the seeded data stream, atomic checkpoints with exact resume, validation on real
-files with a best checkpoint, and logging (tqdm, TensorBoard or W&B, per-rank JSON lines).
+and broadcast, locked against a second job), the seeded data stream, atomic checkpoints with
+exact resume, a clean stop on SLURM's signals, validation on real files with a best checkpoint,
+and logging (tqdm, TensorBoard or W&B, per-rank JSON lines).
 
 A stage subclasses `StageTrainer` and supplies its modules and one optimizer step:
     required_weights()  names of the external weights it loads (checked before building)
@@ -15,6 +16,7 @@ losses as an uninterrupted run.
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,12 +26,14 @@ from torch.utils.data import DataLoader
 from .. import weights as external
 from ..data.sources import build_source, load_images
 from ..data.training import StepBatchSampler, TrainingCrops, collate, policies_from_config
-from ..errors import ConfigError
+from ..errors import ConfigError, RunInUseError
 from ..eval.metrics import psnr
 from ..image_io import to_uint8_tensor
 from ..model import OneDC
 from . import checkpoints
 from .config import RunConfig
+from .preemption import StopSignals
+from .run_lock import RunLock
 
 
 @torch.no_grad()
@@ -57,6 +61,7 @@ class StageTrainer:
         self.model: OneDC | None = None  # the (unwrapped) model that is validated and checkpointed
         self.perceptual = None  # LPIPS network used by validation, if any
         self.accelerator = None
+        self.lock: RunLock | None = None  # the run folder's, held by the main process
 
     # -------------------------------------------------------------- supplied by a stage
     def required_weights(self) -> list[str]:
@@ -66,6 +71,13 @@ class StageTrainer:
         raise NotImplementedError
 
     def train_batch(self, batch: dict, step: int) -> tuple[dict[str, torch.Tensor], bool]:
+        raise NotImplementedError
+
+    def profile_components(self) -> dict[str, list[torch.nn.Module]]:
+        """Named groups of modules whose time and memory `profiling.StepProfiler` reports."""
+        raise NotImplementedError
+
+    def profile_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
 
     def save_extras(self, folder: Path) -> None:
@@ -99,6 +111,7 @@ class StageTrainer:
             raise ConfigError(f"Accelerate's {accelerator.distributed_type.value} mode is not supported: launch with a DDP config "
                               "(configs/accelerate/4gpu.yaml); Stage II shards its guidance itself with dmd.fsdp=true")
         self.run_dir = Path(broadcast_object_list([str(self.run_dir)])[0])  # rank 0's choice
+        self.lock_run_folder()
         set_seed(t.seed, device_specific=True)
 
         # fail fast, before building billion-parameter models: every weight and data source present
@@ -121,12 +134,41 @@ class StageTrainer:
         accelerator.register_save_state_pre_hook(save_hook)
         accelerator.register_load_state_pre_hook(load_hook)
 
+    def lock_run_folder(self) -> None:
+        """Rank 0 takes the run folder's lock (run_lock.py); every rank fails if it is refused."""
+        from accelerate.utils import broadcast_object_list
+
+        refused = None
+        if self.accelerator.is_main_process:
+            self.lock = RunLock(self.run_dir, self.run.train.lock_expiry_s)
+            try:
+                note = self.lock.acquire()
+                if note:
+                    self.accelerator.print(f"note: {note}")
+            except RunInUseError as e:
+                refused, self.lock = str(e), None
+        refused = broadcast_object_list([refused])[0]
+        if refused:
+            raise RunInUseError(refused)
+
     def train(self) -> dict:
-        """Train into the run folder; returns the final trainer state."""
+        """Train into the run folder; returns the final trainer state ("stopped_by": the signal
+        name if a stop signal ended it before train.max_steps, after a checkpoint)."""
+        try:
+            self.setup()
+            with StopSignals(self.run.train.stop_signals) as stop:
+                state = self.train_loop(stop)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+        if "stopped_by" in state:
+            stop.hand_over(signal.Signals[state["stopped_by"]])
+        return state
+
+    def train_loop(self, stop: StopSignals) -> dict:
         from accelerate.utils import broadcast_object_list
         from tqdm.auto import tqdm
 
-        self.setup()
         run, t, accelerator = self.run, self.run.train, self.accelerator
         run_dir, ckpt_root = self.run_dir, self.run_dir / "checkpoints"
         source, validation_source = self.source, self.validation_source
@@ -158,7 +200,7 @@ class StageTrainer:
         _truncate_log(step_log_path, state["step"])
         if accelerator.is_main_process:
             _truncate_log(logs / "validation.jsonl", state["step"])
-        step_log = open(step_log_path, "a")
+        step_log = open(step_log_path, "a", buffering=1)  # a line per step, written as it happens
 
         def save(step: int) -> None:
             tmp = checkpoints.new_temporary_folder(ckpt_root, step) if accelerator.is_main_process else None
@@ -173,7 +215,8 @@ class StageTrainer:
             if accelerator.is_main_process:
                 modes = [(m, m.training) for m in self.model.modules()]  # restored exactly afterwards
                 self.model.eval()
-                metrics = validate(self.model, self.perceptual, validation_images, run)
+                with accelerator.autocast():  # the training precision (float64 exact entropy parts stay exact)
+                    metrics = validate(self.model, self.perceptual, validation_images, run)
                 for m, training in modes:
                     m.training = training
                 accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
@@ -209,9 +252,16 @@ class StageTrainer:
             progress.update(1)
             if step % run.validation.every == 0 or step == t.max_steps:
                 run_validation(step)
-            if step % t.checkpoint_every == 0 or step == t.max_steps:
-                step_log.flush()
+            saved = step % t.checkpoint_every == 0 or step == t.max_steps
+            if saved:
                 save(step)
+            stopped = stop.agreed(accelerator)
+            if stopped is not None and step < t.max_steps:
+                if not saved:
+                    save(step)
+                state["stopped_by"] = stopped.name
+                accelerator.print(f"stopped by {stopped.name} after step {step}, checkpoint written: continue with train.resume=latest")
+                break
         progress.close()
         step_log.close()
         accelerator.end_training()

@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import weights as external
 from ..model import OneDC, build_code_predictor, build_tokenizer
-from . import checkpoints
+from . import checkpoints, optim, speed
 from .config import RunConfig
 from .loop import StageTrainer
 from .losses import Stage1Loss, build_lpips_vgg, lmbda_at
@@ -42,17 +42,19 @@ def build_module(run: RunConfig) -> Stage1Module:
     # seeded apart from the global RNG: the frozen tokenizer is not checkpointed and must come
     # out the same on every rank and after every resume
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run.model.seed + 1)
+        torch.manual_seed(run.model.seed + run.seed_offsets.predictor)
         predictor = build_code_predictor(run.model)
         tokenizer = build_tokenizer(run.model)
     if run.model.external.tokenizer:
         external.load_tokenizer(tokenizer, external.require(run.model.external.tokenizer, run.weights))
     perceptual = build_lpips_vgg(external.require(run.loss.lpips_weights, run.weights)) if run.loss.lpips_weight > 0 else None
-    if run.train.gradient_checkpointing:
-        model.generator.unet.enable_gradient_checkpointing()
-        model.codec.g_a.unet.enable_gradient_checkpointing()
-        model.vae.enable_gradient_checkpointing()
-    return Stage1Module(model, predictor, tokenizer, Stage1Loss(run.loss, perceptual, run.model.distillation.mse_weight))
+    parts = {"analysis_unet": model.codec.g_a.unet, "generator_unet": model.generator.unet, "vae_decoder": model.vae}
+    for name in run.train.gradient_checkpointing:
+        parts[name].enable_gradient_checkpointing()  # the VAE's encoder runs without gradients: only its decoder recomputes
+    module = Stage1Module(model, predictor, tokenizer, Stage1Loss(run.loss, perceptual, run.model.distillation.mse_weight))
+    speed.apply([module], heavy=[model.generator.unet, model.vae.encoder, model.vae.decoder],
+                frozen=[model.vae, model.generator.unet, tokenizer, *([perceptual] if perceptual is not None else [])], train=run.train)
+    return module
 
 
 class Stage1Trainer(StageTrainer):
@@ -61,15 +63,10 @@ class Stage1Trainer(StageTrainer):
         return [n for n in (ext.unet, ext.vae, ext.tokenizer, loss.lpips_weights if loss.lpips_weight > 0 else None) if n]
 
     def build(self) -> None:
-        from diffusers.optimization import get_scheduler
-
-        t, accelerator = self.run.train, self.accelerator
-        module = build_module(self.run)
+        run, accelerator = self.run, self.accelerator
+        module = build_module(run)
         self.trainable = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.trainable, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-        self.scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=t.warmup_steps)
-        self.module, self.optimizer = accelerator.prepare(module, optimizer)
-        accelerator.register_for_checkpointing(self.scheduler)  # stepped once per optimizer step by us
+        self.module, self.optimizer = accelerator.prepare(module, optim.adamw(self.trainable, run.optimizer, run.optimizer.lr))
         self.inner: Stage1Module = accelerator.unwrap_model(self.module)
         self.model, self.perceptual = self.inner.model, self.inner.loss.perceptual
         self.module.train()
@@ -77,18 +74,35 @@ class Stage1Trainer(StageTrainer):
     def train_batch(self, batch: dict, step: int) -> tuple[dict[str, torch.Tensor], bool]:
         t, loss, accelerator = self.run.train, self.run.loss, self.accelerator
         lmbda = lmbda_at(step, t.lmbda, loss.lmbda_warmup_steps, loss.lmbda_start)
+        lr = self.run.optimizer.lr * optim.lr_factor(step, self.run.schedule)
+        optim.set_lr(self.optimizer, lr)
         with accelerator.accumulate(self.module):
-            terms = self.module(batch["image"].to(accelerator.device), lmbda)
+            terms = self.module(speed.images(batch["image"].to(accelerator.device), t), lmbda)
             accelerator.backward(terms["loss"])
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(self.trainable, t.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad()
-        if accelerator.sync_gradients:
-            self.scheduler.step()
         terms["lmbda"] = torch.tensor(lmbda)
-        terms["lr"] = torch.tensor(self.scheduler.get_last_lr()[0])
+        terms["lr"] = torch.tensor(lr)
         return terms, accelerator.sync_gradients
+
+    def profile_components(self) -> dict[str, list[nn.Module]]:
+        model, codec, vae, inner = self.model, self.model.codec, self.model.vae, self.inner
+        parts = {
+            "VAE encoder": [vae.encoder, vae.quant_conv],
+            "g_a": [codec.g_a],
+            "h_enc / FSQ / h_dec / context": [codec.h_enc, codec.fsq, codec.h_dec, codec.context],
+            "h_sem / g_s": [codec.h_sem, codec.g_s],
+            "U-Net (LoRA) + vae_reduction": [model.generator],
+            "VAE decoder": [vae.post_quant_conv, vae.decoder],
+            "LPIPS": [inner.loss.perceptual],
+            "tokenizer + code predictor": [inner.tokenizer.encoder, inner.tokenizer.quantize, inner.predictor],
+        }
+        return {name: [m for m in modules if m is not None] for name, modules in parts.items() if any(m is not None for m in modules)}
+
+    def profile_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"AdamW": self.optimizer.optimizer}  # the torch optimizer under Accelerate's wrapper
 
     def save_extras(self, folder: Path) -> None:
         if self.accelerator.is_main_process:

@@ -7,7 +7,7 @@ every `dmd.generator_every`-th step, while the guidance (fake score + GAN head) 
     L_guid = fake_denoise_weight * MSE(eps_fake, eps) + gan_guidance_weight * D-loss
 every step on the detached generator latents. Turns are isolated: the guidance is frozen during
 the generator's turn, the generator's outputs are detached for the guidance's. Two AdamW
-optimizers with constant-with-warm-up schedules; both schedules advance every step.
+optimizers on one learning-rate schedule (constant with warm-up); it advances every step.
 
 The generator is replicated (DDP); the guidance too, or, with `dmd.fsdp`, sharded over the
 processes with FSDP2. Either way a checkpoint holds whole tensors and whole optimizer state.
@@ -29,7 +29,7 @@ from ..generator.vae import decode_latent
 from ..model import OneDC
 from ..official import load_guidance
 from ..state_dicts import check_keys, shapes
-from . import checkpoints
+from . import checkpoints, optim, speed
 from .config import RunConfig, compose
 from .dmd import Guidance, TextConditioner, frozen
 from .loop import StageTrainer
@@ -53,9 +53,11 @@ class Stage2Generator(nn.Module):
         self.model.codec.eval()  # hard rounding, as at inference
         return self
 
-    def forward(self, x: torch.Tensor, decode: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, x_lat: torch.Tensor, decode: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images x (B, 3, H, W) and their SD VAE latents x_lat (posterior mode, scaled) -> the
+        generator's latents (B, 4, H/8, W/8) and, with `decode`, their pixels."""
         with torch.no_grad():
-            out = self.model.codec(x, self.model.encode_latent(x))
+            out = self.model.codec(x, x_lat)
         latents = self.model.generator(out["y_in"], tokens(out["c"]))
         return latents, decode_latent(self.model.vae, latents) if decode else None
 
@@ -67,8 +69,6 @@ class Stage2Trainer(StageTrainer):
         return [n for n in names if n]
 
     def build(self) -> None:
-        from diffusers.optimization import get_scheduler
-
         run, t, accelerator = self.run, self.run.train, self.accelerator
         if run.dmd.fsdp and accelerator.num_processes < 2:
             raise ConfigError("dmd.fsdp=true shards the guidance over processes: launch 2 or more, e.g. "
@@ -83,7 +83,7 @@ class Stage2Trainer(StageTrainer):
             t.lmbda = model.lmbda
         cfg = model.config
         with torch.random.fork_rng(devices=[]):  # the fake score starts as a copy of the real one
-            torch.manual_seed(cfg.seed + 3)
+            torch.manual_seed(cfg.seed + run.seed_offsets.guidance)
             guidance = Guidance(cfg.generator, run.dmd)
         guidance.fake_unet.load_state_dict(guidance.real_unet.state_dict())
         if cfg.external.score_unet:
@@ -95,20 +95,21 @@ class Stage2Trainer(StageTrainer):
         if run.dmd.real_score_bf16:
             guidance.real_unet.to(torch.bfloat16)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed + 4)
+            torch.manual_seed(cfg.seed + run.seed_offsets.text_conditioner)
             tokenizer = external.load_clip_tokenizer(external.require(cfg.external.text_tokenizer, run.weights)) if cfg.external.text_tokenizer else None
             text = TextConditioner(cfg.text_encoder, tokenizer)
         if cfg.external.text_encoder:
             external.load_text_encoder(text.encoder, external.require(cfg.external.text_encoder, run.weights))
         if run.loss.lpips_weight > 0:
             self.perceptual = build_lpips_vgg(external.require(run.loss.lpips_weights, run.weights)).to(accelerator.device)
-        if t.gradient_checkpointing:
-            for unet in (model.generator.unet, guidance.real_unet, guidance.fake_unet):
-                unet.enable_gradient_checkpointing()
-            model.vae.enable_gradient_checkpointing()
+        parts = {"generator_unet": model.generator.unet, "vae_decoder": model.vae, "fake_unet": guidance.fake_unet}
+        for name in t.gradient_checkpointing:
+            parts[name].enable_gradient_checkpointing()  # the VAE's encoder runs without gradients: only its decoder recomputes
 
         generator = Stage2Generator(model)
-        opt_g = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad], lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        speed.apply([generator, guidance], heavy=[model.generator.unet, model.vae.encoder, model.vae.decoder, guidance.real_unet, guidance.fake_unet],
+                    frozen=[model.vae, model.generator.unet, text, *([self.perceptual] if self.perceptual is not None else [])], train=t)
+        opt_g = optim.adamw([p for p in generator.parameters() if p.requires_grad], run.optimizer, run.optimizer.lr)
         self.generator, self.opt_g = accelerator.prepare(generator, opt_g)
         if run.dmd.fsdp:  # sharded by FSDP2, which also averages its gradients: not wrapped by Accelerate
             self.guidance = guidance.shard(accelerator.device)
@@ -122,10 +123,7 @@ class Stage2Trainer(StageTrainer):
         # from the shards), so a run resumes on any number of processes, sharded or not
         self.generator_params = [p for p in self.generator.parameters() if p.requires_grad]
         self.guidance_params = [p for p in self.inner_guidance.parameters() if p.requires_grad]
-        self.opt_d = torch.optim.AdamW(self.guidance_params, lr=run.dmd.guidance_lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-        self.sched_g = get_scheduler("constant_with_warmup", self.opt_g, num_warmup_steps=t.warmup_steps)
-        self.sched_d = get_scheduler("constant_with_warmup", self.opt_d, num_warmup_steps=t.warmup_steps)
-        accelerator.register_for_checkpointing(self.sched_g, self.sched_d)
+        self.opt_d = optim.adamw(self.guidance_params, run.optimizer, run.dmd.guidance_lr)
         self.text = text.to(accelerator.device)
         self.uncond = self.text([""])
         self.model = model
@@ -135,15 +133,23 @@ class Stage2Trainer(StageTrainer):
     def train_batch(self, batch: dict, step: int) -> tuple[dict[str, torch.Tensor], bool]:
         run, accelerator = self.run, self.accelerator
         d, loss = run.dmd, run.loss
-        x = batch["image"].to(accelerator.device)
+        x = speed.images(batch["image"].to(accelerator.device), run.train)
         cond = self.text(batch["caption"])  # no caption: the empty prompt
+        # the VAE encodes the images once for both turns: the codec's input (posterior mode, as
+        # at inference) and the guidance's real latents (a posterior sample)
+        with torch.no_grad(), accelerator.autocast():
+            posterior = self.model.vae.encode(x).latent_dist
+            x_lat, real = (v * self.model.vae.config.scaling_factor for v in (posterior.mode(), posterior.sample()))
         uncond = self.uncond.expand(len(x), -1, -1)
         terms: dict[str, torch.Tensor] = {}
+        factor = optim.lr_factor(step, run.schedule)  # every step, the generator's too (docs/design.md 6.3)
+        optim.set_lr(self.opt_g, run.optimizer.lr * factor)
+        optim.set_lr(self.opt_d, d.guidance_lr * factor)
 
         # generator turn: the guidance is frozen and not synchronised (its weights do not move)
         with frozen(self.inner_guidance), accelerator.no_sync(self.guidance):
             if step % d.generator_every == 0:
-                latents, x_hat = self.generator(x)
+                latents, x_hat = self.generator(x, x_lat)
                 with accelerator.autocast():  # Accelerate's own for a wrapped guidance, needed for a sharded one
                     critic = self.guidance("generator", latents, cond, uncond)
                 dmd, gan = critic["dmd"], critic["gan_generator"]
@@ -157,20 +163,34 @@ class Stage2Trainer(StageTrainer):
                 terms.update(generator_loss=generator_loss, dmd=dmd, gan_generator=gan, l1=l1, lpips=lpips)
             else:
                 with torch.no_grad():
-                    latents, _ = self.generator(x, decode=False)
-        self.sched_g.step()
+                    latents, _ = self.generator(x, x_lat, decode=False)
 
         # guidance turn, on the generator's detached latents and the VAE latents of the images
-        with torch.no_grad():
-            real = self.model.vae.encode(x).latent_dist.sample() * self.model.vae.config.scaling_factor
         with accelerator.autocast():
             guidance_terms = self.guidance("guidance", latents.detach(), cond, real)
         accelerator.backward(guidance_terms["guidance_loss"])
         accelerator.clip_grad_norm_(self.guidance_params, run.train.max_grad_norm)
         self.opt_d.step()
         self.opt_d.zero_grad()
-        self.sched_d.step()
         return {**guidance_terms, **terms}, True
+
+    def profile_components(self) -> dict[str, list[nn.Module]]:
+        model, vae, guidance = self.model, self.model.vae, self.inner_guidance
+        parts = {
+            "VAE encoder": [vae.encoder, vae.quant_conv],
+            "codec (frozen, no gradients)": [model.codec],
+            "U-Net (LoRA) + vae_reduction": [model.generator],
+            "VAE decoder": [vae.post_quant_conv, vae.decoder],
+            "LPIPS": [self.perceptual],
+            "text encoder": [self.text.encoder],
+            "real score": [guidance.real_unet],
+            "fake score": [guidance.fake_unet],
+            "GAN head": [guidance.cls_pred_branch],
+        }
+        return {name: [m for m in modules if m is not None] for name, modules in parts.items() if any(m is not None for m in modules)}
+
+    def profile_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"AdamW (generator)": self.opt_g.optimizer, "AdamW (guidance)": self.opt_d}  # torch optimizers, not Accelerate's wrapper
 
     def save_extras(self, folder: Path) -> None:
         """The trainable guidance and its optimizer state, whole: gathered from every rank when
@@ -206,7 +226,9 @@ def train(run: RunConfig, run_dir: Path) -> dict:
     if not init.exists() and run.dmd.bootstrap:
         from .stage1 import train as train_stage1
 
-        train_stage1(compose(list(run.dmd.bootstrap)), init.parents[1])
+        state = train_stage1(compose(list(run.dmd.bootstrap)), init.parents[1])
+        if "stopped_by" in state:
+            return state
         if not init.exists():
             raise CheckpointError(f"the bootstrap Stage I run ({' '.join(run.dmd.bootstrap)}) did not write {init}")
     return Stage2Trainer(run, run_dir).train()
