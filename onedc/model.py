@@ -253,8 +253,13 @@ class OneDC(nn.Module):
         out = self.codec(x, self.encode_latent(x))
         return {"y": float(out["bits"]["y"][0]), "z": float(out["bits"]["z"][0])}
 
-    def compress(self, image: torch.Tensor) -> bytes:
-        """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> the bytes of a onedc file."""
+    def compress(self, image: torch.Tensor | list[torch.Tensor]) -> bytes | list[bytes]:
+        """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> the bytes of a onedc file; a list
+        of (3, H, W) images of one size -> a list of files, each identical to its batch-1 file."""
+        if isinstance(image, (list, tuple)):
+            if len({tuple(x.shape) for x in image}) > 1:
+                raise ImageError(f"a batch must hold images of one size; got {sorted({tuple(x.shape) for x in image})}")
+            return [self.encode(x)[0] for x in image]
         return self.encode(image)[0]
 
     @torch.no_grad()
@@ -278,8 +283,11 @@ class OneDC(nn.Module):
         x_hat = self.generate(self.codec.g_s(rec.y_hat, rec.c), rec.c)
         return x_hat[0, :, : rec.height, : rec.width].clamp(-1, 1)
 
-    def decompress(self, data: bytes) -> torch.Tensor:
-        """The bytes of a onedc file -> the decoded image (3, H, W) in [-1, 1]."""
+    def decompress(self, data: bytes | list[bytes]) -> torch.Tensor | list[torch.Tensor]:
+        """The bytes of a onedc file -> the decoded image (3, H, W) in [-1, 1]; a list of files
+        (of this model, one image size) -> a list of images, each as decoded alone."""
+        if isinstance(data, (list, tuple)):
+            return [self.render(self.decode_latents(d)) for d in data]
         return self.render(self.decode_latents(data))
 
 
