@@ -17,6 +17,7 @@ from onedc.eval.metrics import (
     Protocol,
     dists_alpha_beta_file,
     extract_patches,
+    load_kid_settings,
     ms_ssim,
     ms_ssim_unavailable,
     psnr,
@@ -190,6 +191,15 @@ def test_fid_and_kid_grow_with_distortion():
     metric.update(random_u8(64, 64), random_u8(64, 64, seed=1))
     out = metric.compute()
     assert out["fid"] is None and out["kid"] is None and out["patches"] == 1 and "at least 2 patches" in out["notes"][0]
+
+
+def test_kid_settings_come_from_the_config_and_are_torch_fidelitys_defaults():
+    import torch_fidelity.defaults
+
+    kid, defaults = load_kid_settings(), torch_fidelity.defaults.DEFAULTS
+    assert (kid.subsets, kid.subset_size, kid.seed) == (defaults["kid_subsets"], defaults["kid_subset_size"], defaults["rng_seed"])
+    info = DistributionMetrics(Protocol("t", 64, 2), feature_extractor=TinyFeatures()).info()
+    assert (info["kid_subsets"], info["kid_subset_size"], info["kid_seed"]) == (kid.subsets, kid.subset_size, kid.seed)
 
 
 def inception_file(path):

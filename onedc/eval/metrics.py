@@ -37,6 +37,27 @@ from ..weights import require
 MS_SSIM_MIN_SIDE = 161  # pytorch_msssim: short side > (11 - 1) * 2**4 for 5 scales
 
 
+@dataclass(frozen=True)
+class KIDSettings:
+    """KID's number of subsets, subset size (patches) and subset-drawing seed."""
+
+    subsets: int
+    subset_size: int
+    seed: int
+
+
+def load_kid_settings() -> KIDSettings:
+    """The KID settings of `configs/eval/metrics.yaml` (shipped as `onedc.configs.eval`)."""
+    from importlib.resources import files
+
+    import yaml
+
+    return KIDSettings(**yaml.safe_load(files("onedc.configs.eval").joinpath("metrics.yaml").read_text())["kid"])
+
+
+KID = load_kid_settings()
+
+
 def _check_image(x: torch.Tensor, what: str) -> None:
     if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 3 and x.shape[0] == 3):
         got = f"{x.dtype} {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
@@ -280,18 +301,20 @@ def build_inception(weights: Path, antialias: bool = True) -> nn.Module:
 
 class DistributionMetrics:
     """FID and KID between the reference and reconstruction patches of all images of one rate
-    point: `update(ref_u8, rec_u8)` per image, then `compute()`.
+    point: `update(ref_u8, rec_u8)` per image (or `patch_features` in any process, then `add`), then
+    `compute()`.
 
     torchmetrics FrechetInceptionDistance (2048-d) and KernelInceptionDistance (polynomial
-    kernel, `kid_subsets` subsets of `kid_subset_size`) on uint8 patches. Features are computed
+    kernel, `kid_subsets` subsets of `kid_subset_size`; defaults from configs/eval/metrics.yaml)
+    on uint8 patches. Features are computed
     once per patch by `feature_extractor` (uint8 (N, 3, P, P) -> (N, D); default torchmetrics'
     Inception from `require("fid_inception", weight_paths)`, which resizes to 299x299 itself)
     and handed to both metrics. KID subsets are drawn with a fixed seed.
     """
 
     def __init__(self, protocol: Protocol, feature_extractor: nn.Module | None = None, weight_paths: dict | None = None,
-                 antialias: bool = True, device: str | torch.device = "cpu", kid_subsets: int = 100,
-                 kid_subset_size: int = 1000, kid_seed: int = 2020, batch_size: int = 64):
+                 antialias: bool = True, device: str | torch.device = "cpu", kid_subsets: int = KID.subsets,
+                 kid_subset_size: int = KID.subset_size, kid_seed: int = KID.seed, batch_size: int = 64):
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
