@@ -349,15 +349,24 @@ class DistributionMetrics:
         with torch.no_grad():
             return torch.cat([self.features(b.to(self.device)).float() for b in patches.split(self.batch_size)])
 
-    def update(self, ref_u8: torch.Tensor, rec_u8: torch.Tensor) -> None:
-        """Add the patches of one uint8 (3, H, W) reference (real) and its reconstruction (fake)."""
+    def patch_features(self, ref_u8: torch.Tensor, rec_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (real, fake) features (N, D) of the N patches of one uint8 (3, H, W) reference and
+        its reconstruction; `add` them, here or in another process."""
         _check_pair(ref_u8, rec_u8)
         real = self._extract(extract_patches(ref_u8, self.protocol.patch, self.protocol.split))
         fake = self._extract(extract_patches(rec_u8, self.protocol.patch, self.protocol.split))
+        return real, fake
+
+    def add(self, real: torch.Tensor, fake: torch.Tensor) -> None:
+        """Add the (N, D) features of one image's reference and reconstruction patches."""
         for metric in (self.fid, self.kid):
-            metric.update(real, real=True)
-            metric.update(fake, real=False)
+            metric.update(real.to(self.device), real=True)
+            metric.update(fake.to(self.device), real=False)
         self.patches += real.shape[0]
+
+    def update(self, ref_u8: torch.Tensor, rec_u8: torch.Tensor) -> None:
+        """Add the patches of one uint8 (3, H, W) reference (real) and its reconstruction (fake)."""
+        self.add(*self.patch_features(ref_u8, rec_u8))
 
     def compute(self) -> dict:
         """{"fid", "kid", "kid_std", "patches", "kid_subset_size", "notes"}. A value that cannot
