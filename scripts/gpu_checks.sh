@@ -4,6 +4,9 @@
 #   2. Stage II training throughput and memory, full size, batch 8 x 512^2, bf16
 #   3. full-size encode / decode time and decode memory at 512^2 and 1024^2 (bf16)
 #   4. Stage I training throughput and memory, full size, batch 8 x 512^2, bf16
+#   5. evaluation throughput, full size, batch 8 x 512^2, bf16, all metrics (LPIPS, DISTS, FID
+#      features; random backbones where their weights are missing), and the projected wall time
+#      of MS-COCO 30K x 7 rate points on 1 and 8 GPUs (onedc-eval's pipeline, about 3 minutes)
 # Random full-size weights (--random-weights): the compute is that of the real models.
 # Usage: bash scripts/gpu_checks.sh [LOG_DIR]; each step has its own time limit and log.
 set -uo pipefail
@@ -24,3 +27,4 @@ step cuda_tests 180 $PY -m pytest -q -p no:cacheprovider tests/test_fresh_proces
 step stage2 300 $PY scripts/bench_train.py --stage 2 experiment=stage2 --size 512 --batch 8 --steps 10 --warmup 2 --random-weights
 step codec 240 $PY -m onedc.eval complexity --model onedc_sd15 --sizes 512 1024 --repeat 3 --device cuda
 step stage1 240 $PY scripts/bench_train.py experiment=stage1 --size 512 --batch 8 --steps 5 --warmup 2 --random-weights
+step eval 200 $PY scripts/bench_eval.py --model onedc_sd15 --random-weights --size 512 --images 40 --batch-size 8 --workers 4 --device cuda --json "$LOG/eval.json"

@@ -21,6 +21,7 @@ from onedc.eval.metrics import (
     ms_ssim,
     ms_ssim_unavailable,
     psnr,
+    write_random_inception,
 )
 
 
@@ -202,22 +203,9 @@ def test_kid_settings_come_from_the_config_and_are_torch_fidelitys_defaults():
     assert (info["kid_subsets"], info["kid_subset_size"], info["kid_seed"]) == (kid.subsets, kid.subset_size, kid.seed)
 
 
-def inception_file(path):
-    """A random state dict in the layout of pytorch-fid's pt_inception file (= torch-fidelity's)."""
-    import pytorch_fid.inception as fid
-
-    net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = fid.FIDInceptionA(192, 32), fid.FIDInceptionA(256, 64), fid.FIDInceptionA(288, 64)
-    net.Mixed_6b, net.Mixed_6c = fid.FIDInceptionC(768, 128), fid.FIDInceptionC(768, 160)
-    net.Mixed_6d, net.Mixed_6e = fid.FIDInceptionC(768, 160), fid.FIDInceptionC(768, 192)
-    net.Mixed_7b, net.Mixed_7c = fid.FIDInceptionE_1(1280), fid.FIDInceptionE_2(2048)
-    torch.save(net.state_dict(), path)
-    return path
-
-
 def test_default_inception_is_read_from_the_fid_inception_file(tmp_path):
     pytest.importorskip("torch_fidelity")
-    weights = inception_file(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
+    weights = write_random_inception(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
     metric = DistributionMetrics(Protocol("t", 64, 2), weight_paths={"fid_inception": str(weights)}, antialias=False)
     img = random_u8(64, 128)
     metric.update(img, noisy(img))  # compute() is skipped: a 2048-d eigendecomposition takes long on CPU

@@ -299,6 +299,22 @@ def build_inception(weights: Path, antialias: bool = True) -> nn.Module:
         raise WeightsError(f"{weights} does not load into torchmetrics' FID Inception-v3: {e}") from e
 
 
+def write_random_inception(path: str | Path, seed: int = 0) -> Path:
+    """A seeded random state dict in the layout of the FID Inception file (pytorch-fid's
+    pt_inception, which torchmetrics reads): the real network's compute, meaningless features
+    (tests and benchmarks)."""
+    import pytorch_fid.inception as fid
+
+    with _seeded(seed):
+        net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+        net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = fid.FIDInceptionA(192, 32), fid.FIDInceptionA(256, 64), fid.FIDInceptionA(288, 64)
+        net.Mixed_6b, net.Mixed_6c = fid.FIDInceptionC(768, 128), fid.FIDInceptionC(768, 160)
+        net.Mixed_6d, net.Mixed_6e = fid.FIDInceptionC(768, 160), fid.FIDInceptionC(768, 192)
+        net.Mixed_7b, net.Mixed_7c = fid.FIDInceptionE_1(1280), fid.FIDInceptionE_2(2048)
+    torch.save(net.state_dict(), path)
+    return Path(path)
+
+
 class DistributionMetrics:
     """FID and KID between the reference and reconstruction patches of all images of one rate
     point: `update(ref_u8, rec_u8)` per image (or `patch_features` in any process, then `add`), then
@@ -339,6 +355,18 @@ class DistributionMetrics:
             self.kid = KernelInceptionDistance(feature=_PrecomputedFeatures(dim), subsets=kid_subsets,
                                                subset_size=kid_subset_size).to(self.device)
         self.patches = 0
+
+    @classmethod
+    def from_random(cls, protocol: Protocol, seed: int = 0, device: str | torch.device = "cpu") -> "DistributionMetrics":
+        """FID/KID with torchmetrics' Inception on seeded random weights (`write_random_inception`):
+        the compute of the real metric, meaningless values (benchmarks and tests only)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            weights = write_random_inception(Path(folder) / "random_inception.pth", seed)
+            metric = cls(protocol, weight_paths={"fid_inception": str(weights)}, device=device)
+        metric.extractor = f"torchmetrics NoTrainInceptionV3 (inception-v3-compat, 2048-d) with random weights (seed {seed})"
+        return metric
 
     def _infer_dim(self) -> int:
         size = self.protocol.patch or 299
