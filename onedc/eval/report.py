@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_file
+from .bd_rate import format_table
 
 # column order, label, printed decimals, whether lower is better
 COLUMNS = {
@@ -270,23 +271,21 @@ def _results_table(curves: dict[str, dict], ours: list[str]) -> str:
 
 
 def _bd_rate_table(section: BDRateSection, ours: list[str]) -> str:
-    metrics = list(section.rows[0]["bd_rate"])
-    head = "<th>Method</th>" + "".join(f"<th>{_esc(m.upper())}</th>" for m in metrics)
-    body, notes = [], []
-    for row in section.rows:
-        cells = []
-        for metric in metrics:
-            cell = row["bd_rate"][metric]
-            if cell["percent"] is None:
-                notes.append(f"{row['name']}, {metric.upper()}: {cell['reason']}")
-                cells.append(f"<td title='{_esc(cell['reason'])}'>n/a [{len(notes)}]</td>")
-            else:
-                value = round(cell["percent"], 1) + 0.0
-                tone = "" if row["name"] == section.anchor else (" class='good'" if value < 0 else " class='bad'")
-                cells.append(f"<td{tone}>{value:+.1f}%</td>")
-        shade = " class='ours'" if row["name"] in ours else ""
-        body.append(f"<tr{shade}><td>{_esc(row['name'])}</td>{''.join(cells)}</tr>")
-    footnotes = "".join(f"<br>[{k}] {_esc(n)}" for k, n in enumerate(notes, 1))
+    """The BD-rate table as `format_table` writes it (Markdown: a table, then its footnotes),
+    as HTML: savings green, losses red, ours shaded."""
+    lines = format_table(section.rows).splitlines()
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("|") and "---" not in line]
+    notes = [line for line in lines if line and not line.startswith("|")]
+    head = "".join(f"<th>{_esc(h)}</th>" for h in table[0])
+    body = []
+    for row in table[1:]:
+        cells = [f"<td>{_esc(row[0])}</td>"]
+        for cell in row[1:]:
+            tone = "" if row[0] == section.anchor or not cell.endswith("%") else (" class='good'" if cell.startswith("-") else " class='bad'")
+            cells.append(f"<td{tone}>{_esc(cell)}</td>")
+        shade = " class='ours'" if row[0] in ours else ""
+        body.append(f"<tr{shade}>{''.join(cells)}</tr>")
+    footnotes = "".join(f"<br>{_esc(n)}" for n in notes)
     return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
             f"<p class='note'>Bits saved at equal quality against {_esc(section.anchor)} ({_esc(section.method)} interpolation "
             f"of log-rate over the overlapping quality range): negative = fewer bits.{footnotes}</p>")

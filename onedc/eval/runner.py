@@ -178,12 +178,18 @@ def curve(curve_dir: Path) -> dict:
             "results": results}
 
 
-def write_reports(setting_dir: Path, show: int = 4, anchor: str = "OneDC") -> dict[str, Path]:
+def first_evaluated(curve_dir: Path) -> int:
+    """When the curve's first image was finished (records are never rewritten), in ns."""
+    return min((p.stat().st_mtime_ns for p in curve_dir.glob("*/per_image/*.json")), default=0)
+
+
+def write_reports(setting_dir: Path, show: int = 4, anchor: str = "OneDC", show_crop: int = 256) -> dict[str, Path]:
     """Each curve's results.json, then report.md, rd.png/.pdf, bdrate.md and report.html of all
-    curves of `setting_dir` (the gallery: the first `show` images, each beside its reconstruction
-    at every rate point of our curves)."""
+    curves of `setting_dir`, in the order they were first evaluated (the gallery: `show_crop` px
+    crops of the first `show` images, each beside its reconstruction at every rate point)."""
     setting = setting_dir.name
-    folders = sorted(p for p in setting_dir.iterdir() if p.is_dir() and any(p.glob("*/summary.json"))) if setting_dir.is_dir() else []
+    folders = [p for p in setting_dir.iterdir() if p.is_dir() and any(p.glob("*/summary.json"))] if setting_dir.is_dir() else []
+    folders.sort(key=first_evaluated)
     if not folders:
         raise OneDCError(f"{setting_dir}: no evaluated rate points (<curve>/<rate point>/summary.json); run `onedc-eval run` first")
     written, ours = {}, {}
@@ -218,7 +224,7 @@ def write_reports(setting_dir: Path, show: int = 4, anchor: str = "OneDC") -> di
     subtitle = ((f"{note}; " if note else "") + f"{images} images; bpp from the real file sizes, metrics on the 8-bit reconstructions"
                 + (f"; baselines: {', '.join(sources)}" if sources else ""))
     details = {f"Metric settings ({name})": json.dumps(data["meta"]["metrics"], indent=1) for name, (_, data) in ours.items()}
-    gallery = comparisons([folder / r for folder, data in ours.values() for r in data["meta"]["rate_points"]], show)
+    gallery = comparisons([folder / r for folder, data in ours.values() for r in data["meta"]["rate_points"]], show, show_crop)
     html_report(setting_dir / "report.html", title, subtitle, curves, list(ours), rd_panels(curves, list(ours)), gallery,
                 bd_rate, details)
     written["html"] = setting_dir / "report.html"
@@ -264,7 +270,7 @@ def comparisons(rate_points: list[Path], count: int, crop: int = 256) -> list[Co
 
 def evaluate(rate_points: Sequence[Callable[[], OneDC]], setting: Setting, paths: list[Path], out: Path, suite: MetricSuite,
              name: str = "onedc (ours)", show: int = 4, progress: bool = True, precision: str = "fp32",
-             batch_size: int = 1, workers: int = 2) -> dict[str, Path]:
+             batch_size: int = 1, workers: int = 2, show_crop: int = 256) -> dict[str, Path]:
     """Evaluate each model (`rate_points`: loaders, called one at a time on every process) as one
     rate point of curve `name` on `setting` under `out`, on this process's share of the images
     (see the module's docstring); then the main process writes the summaries and the reports of
@@ -302,4 +308,4 @@ def evaluate(rate_points: Sequence[Callable[[], OneDC]], setting: Setting, paths
         return {}
     for folder, model in evaluated:
         summarize(folder, images, suite, name, model, precision)
-    return write_reports(setting_dir, show)
+    return write_reports(setting_dir, show, show_crop=show_crop)
