@@ -42,6 +42,7 @@ COCO_IMAGES, RATE_POINTS = 30_000, 7
 
 def photo_set(folder: Path, count: int, size: int) -> list[Path]:
     """`count` PNGs of size x size: the sample photos resized and center-cropped, mirrored on later rounds."""
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         photo = getattr(skimage.data, PHOTOS[i % len(PHOTOS)])()
@@ -91,10 +92,14 @@ def main() -> None:
     parser.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 on a GPU, else fp32")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--weights", action="append", default=[], metavar="NAME=PATH", help="external weight location")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time by the process's CPU time, not wall time (a shared, loaded machine: use OMP_NUM_THREADS=1 "
+                             "and --workers 0; the writer thread's work then adds up instead of overlapping)")
     parser.add_argument("--json", help="also write the figures as JSON")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     weight_paths = external.load_weight_paths(args.weights)
     notes: list[str] = []
@@ -115,36 +120,36 @@ def main() -> None:
 
         batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
         synchronize(args.device)
-        start = time.perf_counter()
+        start = clock()
         code_batches(model, batches, root / "run", suite, precision, args.workers)
         synchronize(args.device)
-        seconds = time.perf_counter() - start
+        seconds = clock() - start
         folder = root / "run"
         records = [json.loads((folder / "per_image" / f"{p.stem}.json").read_text()) for p in images]
 
         # FID/KID features as computed beside each image (on the device, from the decoded pixels)
         pairs = [(load_u8(p)[0], load_u8(recon_path(folder, p.stem))[0]) for p in images]
-        start = time.perf_counter()
+        start = clock()
         for ref, rec in pairs:
             distribution.patch_features(ref, rec)
         synchronize(args.device)
-        features_s = (time.perf_counter() - start) / len(images)
+        features_s = (clock() - start) / len(images)
         # gathered: the main process reads every image's stored features and computes FID/KID
-        start = time.perf_counter()
+        start = clock()
         for path in images:
             load_features(folder, path.stem, distribution.protocol.name)
-        read_s = (time.perf_counter() - start) / len(images)
-        start = time.perf_counter()
+        read_s = (clock() - start) / len(images)
+        start = clock()
         summary = summarize(folder, images, suite, "bench", {"identity": model.identity.describe(), "lmbda": model.lmbda}, precision)
-        merge_s = time.perf_counter() - start
+        merge_s = clock() - start
         compute_s = max(0.0, merge_s - read_s * len(images))
         # from the PNGs: one process reads both PNGs of every image and runs Inception on them
         distribution.reset()
-        start = time.perf_counter()
+        start = clock()
         for path in images:
             distribution.update(load_u8(path)[0], load_u8(recon_path(folder, path.stem))[0])
         synchronize(args.device)
-        png_features_s = (time.perf_counter() - start) / len(images)
+        png_features_s = (clock() - start) / len(images)
         distribution.reset()
 
     rate = len(images) / seconds
@@ -159,7 +164,8 @@ def main() -> None:
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"model {args.model}{' (random weights)' if args.random_weights else ''}, {args.size}x{args.size}, "
-          f"{len(images)} images, batch {args.batch_size}, {args.workers} reading workers, {precision}, {device_name}")
+          f"{len(images)} images, batch {args.batch_size}, {args.workers} reading workers, {precision}, {device_name}"
+          f"{', by CPU time' if args.cpu_time else ''}")
     for note in notes:
         print(f"  note: {note}")
     mean = {k: sum(r[k] for r in records) / len(records) for k in ("encode_s", "decode_s")}
@@ -175,7 +181,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": args.model, "size": args.size, "images": len(images), "batch_size": args.batch_size, "precision": precision,
-            "device": device_name, "images_per_s": rate, "encode_s": mean["encode_s"], "decode_s": mean["decode_s"],
+            "device": device_name, "cpu_time": args.cpu_time, "images_per_s": rate, "encode_s": mean["encode_s"], "decode_s": mean["decode_s"],
             "features_s": features_s, "merge_read_s_per_image": read_s, "merge_compute_s": compute_s,
             "png_features_s": png_features_s, "projected": projected, "notes": notes}, indent=1) + "\n")
 

@@ -22,7 +22,9 @@ from onedc import OneDC
 from onedc.eval.cli import main
 from onedc.eval.datasets import Setting
 from onedc.eval.metrics import DISTSMetric, DistributionMetrics, LPIPSAlex, Protocol
-from onedc.eval.runner import MetricSuite, evaluate, pending_batches, share
+from onedc.errors import OneDCError
+from onedc.eval.progress import ProgressBar
+from onedc.eval.runner import MetricSuite, check_unique_stems, evaluate, pending_batches, share
 
 # what may differ between two runs of the same images: timing and how the work was split
 RUN_FIELDS = {"encode_s", "decode_s", "batch_size", "process", "processes"}
@@ -92,6 +94,28 @@ def test_batches_are_shared_out_once_whatever_the_number_of_processes(tmp_path):
         shares = [[p for b in share(batches, i, processes) for p in b] for i in range(processes)]
         flat = [p for s in shares for p in s]
         assert sorted(flat) == sorted(images) and len(flat) == len(set(flat))
+
+
+def test_results_are_stored_by_name_so_names_must_be_unique():
+    check_unique_stems([Path("a/x.png"), Path("b/y.png")])
+    with pytest.raises(OneDCError, match="a/x.png and b/x.jpg share the name 'x'"):
+        check_unique_stems([Path("a/x.png"), Path("b/x.jpg")])
+
+
+def test_progress_counts_the_records_of_every_process(tmp_path):
+    first, second = tmp_path / "rate_point_1", tmp_path / "rate_point_2"
+    for folder, names in ((first, ["a", "b", ".c.json.tmp"]), (second, [])):
+        (folder / "per_image").mkdir(parents=True)
+        for name in names:
+            (folder / "per_image" / (name if name.startswith(".") else f"{name}.json")).write_text("{}")
+    bar = ProgressBar(total=8, every=3600, disable=True)
+    bar.watch(first)
+    assert bar.done == 2  # done before this run (a temporary file is not a record)
+    (first / "per_image" / "d.json").write_text("{}")  # written by another process
+    bar.watch(second)
+    (second / "per_image" / "e.json").write_text("{}")
+    bar.close()
+    assert bar.done == 4
 
 
 def test_two_processes_stopped_midway_resume_on_one(checkpoint, tmp_path):

@@ -70,6 +70,11 @@ def write_report(path: Path, images: int) -> Path:
     return path
 
 
+def decode_images(browser: Chromium) -> None:
+    """Wait until every image in the document is loaded and decoded (lazy ones load once in view)."""
+    browser.evaluate("Promise.all(Array.from(document.images).filter(i => i.src).map(i => i.decode()))")
+
+
 def rects(browser: Chromium, selector: str) -> list[dict]:
     return browser.evaluate(f"""Array.from(document.querySelectorAll("{selector}")).map(e => {{
         const r = e.getBoundingClientRect();
@@ -77,11 +82,15 @@ def rects(browser: Chromium, selector: str) -> list[dict]:
                  natural: [e.naturalWidth, e.naturalHeight], complete: e.complete}}; }})""")
 
 
-def assert_drawn(screenshot: Image.Image, rect: dict) -> None:
-    """The element's area of the screenshot is an image, not a blank or flat box."""
+def area(screenshot: Image.Image, rect: dict) -> np.ndarray:
+    """The element's pixels in the screenshot, (H, W, 3) int."""
     box = (round(rect["x"]) + 2, round(rect["y"]) + 2, round(rect["x"] + rect["width"]) - 2, round(rect["y"] + rect["height"]) - 2)
-    pixels = np.asarray(screenshot.convert("L").crop(box), dtype=float)
-    assert pixels.std() > 10 and (pixels < 200).mean() > 0.01, f"blank area at {box}"
+    return np.asarray(screenshot.convert("RGB").crop(box), dtype=int)
+
+
+def assert_drawn(pixels: np.ndarray) -> None:
+    """An image, not a blank or flat box."""
+    assert pixels.std() > 10 and (pixels.mean(axis=2) < 200).mean() > 0.01, "blank area"
 
 
 def test_report_renders_offline_with_panels_crops_and_zoom(browser, tmp_path):
@@ -89,6 +98,7 @@ def test_report_renders_offline_with_panels_crops_and_zoom(browser, tmp_path):
     browser.open(path)
     height = browser.evaluate("document.documentElement.scrollHeight")
     browser.resize(height)  # the whole page in one screenshot
+    decode_images(browser)
     screenshot = browser.screenshot()
     (tmp_path / "report.png").write_bytes(screenshot)  # to look at
     shot = Image.open(io.BytesIO(screenshot))
@@ -99,12 +109,14 @@ def test_report_renders_offline_with_panels_crops_and_zoom(browser, tmp_path):
     for rect in panels:
         assert rect["complete"] and rect["natural"] == list(PANEL_PX)
         assert rect["width"] >= 400 and abs(rect["height"] / rect["width"] - PANEL_PX[1] / PANEL_PX[0]) < 0.02
-        assert_drawn(shot, rect)
+        pixels = area(shot, rect)
+        assert_drawn(pixels)
+        assert (pixels.max(axis=2) - pixels.min(axis=2) > 80).mean() > 0.002, "no coloured curve in the panel"  # axes are grey
     crops = rects(browser, "#page img.zoomable")
     assert len(crops) == 4 * 4
     for rect in crops:
         assert rect["complete"] and rect["natural"] == [CROP, CROP] and rect["width"] >= 300  # four in a row
-        assert_drawn(shot, rect)
+        assert_drawn(area(shot, rect))
     assert browser.evaluate("document.querySelectorAll('table.results tbody tr.ours').length") == 7
     assert browser.evaluate("document.querySelector('#bdrate td.good, #bdrate td.bad') !== null")
 
@@ -132,7 +144,7 @@ def test_report_of_many_images_is_paginated(browser, tmp_path, capsys):
     assert browser.evaluate("[document.getElementById('page-label').textContent, document.querySelector('#page h3').textContent]") == [
         "page 2 of 3", "image 6"]
     browser.resize(browser.evaluate("document.documentElement.scrollHeight"))  # lazy images load when in view
-    browser.evaluate("Promise.all(Array.from(document.querySelectorAll('#page img')).map(i => i.decode()))")
+    decode_images(browser)
     assert all(r["complete"] and r["natural"] == [CROP, CROP] for r in rects(browser, "#page img.zoomable"))
     assert [u for u in browser.requests() if not (u.startswith("data:") or u == path.resolve().as_uri())] == []
     with capsys.disabled():

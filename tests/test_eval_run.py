@@ -11,7 +11,8 @@ from PIL import Image
 from torch import nn
 
 from onedc import OneDC
-from onedc.eval.cli import main
+from onedc.errors import OneDCError
+from onedc.eval.cli import expand_checkpoints, main
 from onedc.eval.datasets import Setting
 from onedc.eval.metrics import DISTSMetric, DistributionMetrics, LPIPSAlex, Protocol
 from onedc.eval.runner import MetricSuite, evaluate
@@ -128,6 +129,14 @@ def test_command_line_run_bdrate_report_and_complexity(photo_folder, checkpoints
     assert "| Model | Params | Enc. time (s) | Dec. time (s)" in printed and "| onedc (onedc_tiny) |" in printed
 
 
+def test_checkpoint_globs_expand_to_sorted_folders(checkpoints, tmp_path):
+    root = str(checkpoints[0]).rsplit("/", 1)[0]
+    assert expand_checkpoints([f"{root}/lmbda*"]) == sorted(checkpoints)
+    assert expand_checkpoints([checkpoints[1], f"{root}/lmbda*"]) == [checkpoints[1], checkpoints[0]]  # each folder once
+    with pytest.raises(OneDCError, match="matches nothing"):
+        expand_checkpoints([str(tmp_path / "lmbda*")])
+
+
 def test_clear_errors(tmp_path, capsys):
     assert main(["run", "--dataset", "kodak", "--root", str(tmp_path / "nowhere"), "--metrics", "psnr"]) == 1
     assert "kodim01.png" in capsys.readouterr().err
@@ -137,3 +146,5 @@ def test_clear_errors(tmp_path, capsys):
     assert "mscoco30k" in capsys.readouterr().err
     assert main(["report", "--dir", str(tmp_path)]) == 1
     assert "onedc-eval run" in capsys.readouterr().err
+    assert main(["run", "--checkpoint", str(tmp_path / "run*"), "--dataset", "kodak", "--root", str(tmp_path), "--metrics", "psnr"]) == 1
+    assert "matches nothing" in capsys.readouterr().err

@@ -139,6 +139,7 @@ def _run(args) -> int:
     from .datasets import load_dataset
     from .runner import MetricSuite, evaluate
 
+    checkpoints = expand_checkpoints(args.checkpoint) or [None]
     state = PartialState(cpu=args.device == "cpu")  # under `accelerate launch`: this process's rank and GPU
     device = str(state.device) if state.num_processes > 1 else args.device
     weights = external.load_weight_paths(args.weights)
@@ -147,7 +148,7 @@ def _run(args) -> int:
     if args.limit:
         paths = paths[: args.limit]
     suite = MetricSuite.build(setting, tuple(m.strip() for m in args.metrics.split(",") if m.strip()), weights, device)
-    rate_points = [partial(_load, c, args.model, weights, device) for c in expand_checkpoints(args.checkpoint) or [None]]
+    rate_points = [partial(_load, c, args.model, weights, device) for c in checkpoints]
     precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
     written = evaluate(rate_points, setting, paths, Path(args.out), suite, args.name, args.show, precision=precision,
                        batch_size=args.batch_size, workers=args.workers)

@@ -34,7 +34,7 @@ class ProgressBar:
         self.bar = tqdm(total=total, unit="img", desc="evaluating", disable=disable, dynamic_ncols=True)
         self.stopped = threading.Event()
         self.lock = threading.Lock()
-        self.counted: int | None = None  # records seen so far; None before the first folder
+        self.done: int | None = None  # records counted so far (all processes); None before the first folder
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
 
@@ -43,19 +43,19 @@ class ProgressBar:
         with self.lock:
             existing = records_in(folder)
             self.folders.append(folder)
-            self.counted = (self.counted or 0) + existing
+            self.done = (self.done or 0) + existing
             self.bar.n += existing  # done before this run: advances the bar, not the speed
             self.bar.last_print_n = self.bar.n
             self.bar.refresh()
 
     def refresh(self) -> None:
         with self.lock:
-            if self.counted is None:
+            if self.done is None:
                 return
             count = sum(records_in(f) for f in self.folders)
-            if count > self.counted:
-                self.bar.update(count - self.counted)
-                self.counted = count
+            if count > self.done:
+                self.bar.update(count - self.done)
+                self.done = count
 
     def _poll(self) -> None:
         while not self.stopped.wait(self.every):
