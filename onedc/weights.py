@@ -36,8 +36,11 @@ class ExternalWeight:
     folder_files: tuple[tuple[str, ...], ...] = (("config.json",), DIFFUSERS_WEIGHT_FILES)  # one of each group
     torch_hub_file: str | None = None
     url: str | None = None
+    made_by: str | None = None  # a weight we make ourselves: the command that writes it
 
     def how_to_get(self, name: str) -> str:
+        if self.made_by:
+            return self.made_by
         if self.hf_repo and self.hf_file:
             return f"hf download {self.hf_repo} {self.hf_file}   (or: onedc weights download {name})"
         if self.hf_repo:
@@ -93,6 +96,10 @@ EXTERNAL_WEIGHTS: dict[str, ExternalWeight] = {
         "Inception-v3 of FID/KID (pytorch-fid weights)",
         torch_hub_file="pt_inception-2015-12-05-6726825d.pth",
         url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+    ),
+    "quickstart_vae": ExternalWeight(
+        "the tiny model's VAE pretrained on the sample photos (the quickstart demo's checkpoints only)",
+        made_by="bash scripts/quickstart.sh (its first step writes it where configs/weights/default.yaml points)",
     ),
 }
 
@@ -174,6 +181,8 @@ def download(name: str) -> Path:
     from huggingface_hub import constants, hf_hub_download, snapshot_download
 
     weight = EXTERNAL_WEIGHTS[name]
+    if weight.made_by:
+        raise WeightsError(f"'{name}' is not downloaded but made: {weight.made_by}")
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
         raise WeightsError(f"HF_HUB_OFFLINE is set: not downloading '{name}'; get it on a connected machine: {weight.how_to_get(name)}")
     try:

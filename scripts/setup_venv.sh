@@ -15,7 +15,9 @@ fi
 # Reinstall only when pyproject.toml or the extras changed since the last install.
 stamp="$ONEDC_VENV/.onedc-install-$(cat "$ONEDC_ROOT/pyproject.toml" <(echo "$extras") | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  "$ONEDC_VENV/bin/python" -m pip install --quiet --progress-bar off -e "$spec"
+  # setuptools warns about every editable install ("be careful with folders ... same name as
+  # your package"): nothing to act on here, so it is not shown
+  PYTHONWARNINGS="ignore:Editable installation" "$ONEDC_VENV/bin/python" -m pip install --quiet --progress-bar off -e "$spec"
   rm -f "$ONEDC_VENV"/.onedc-install-*
   touch "$stamp"
 fi

@@ -17,9 +17,11 @@ from onedc.eval.metrics import (
     Protocol,
     dists_alpha_beta_file,
     extract_patches,
+    load_kid_settings,
     ms_ssim,
     ms_ssim_unavailable,
     psnr,
+    write_random_inception,
 )
 
 
@@ -192,22 +194,18 @@ def test_fid_and_kid_grow_with_distortion():
     assert out["fid"] is None and out["kid"] is None and out["patches"] == 1 and "at least 2 patches" in out["notes"][0]
 
 
-def inception_file(path):
-    """A random state dict in the layout of pytorch-fid's pt_inception file (= torch-fidelity's)."""
-    import pytorch_fid.inception as fid
+def test_kid_settings_come_from_the_config_and_are_torch_fidelitys_defaults():
+    import torch_fidelity.defaults
 
-    net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = fid.FIDInceptionA(192, 32), fid.FIDInceptionA(256, 64), fid.FIDInceptionA(288, 64)
-    net.Mixed_6b, net.Mixed_6c = fid.FIDInceptionC(768, 128), fid.FIDInceptionC(768, 160)
-    net.Mixed_6d, net.Mixed_6e = fid.FIDInceptionC(768, 160), fid.FIDInceptionC(768, 192)
-    net.Mixed_7b, net.Mixed_7c = fid.FIDInceptionE_1(1280), fid.FIDInceptionE_2(2048)
-    torch.save(net.state_dict(), path)
-    return path
+    kid, defaults = load_kid_settings(), torch_fidelity.defaults.DEFAULTS
+    assert (kid.subsets, kid.subset_size, kid.seed) == (defaults["kid_subsets"], defaults["kid_subset_size"], defaults["rng_seed"])
+    info = DistributionMetrics(Protocol("t", 64, 2), feature_extractor=TinyFeatures()).info()
+    assert (info["kid_subsets"], info["kid_subset_size"], info["kid_seed"]) == (kid.subsets, kid.subset_size, kid.seed)
 
 
 def test_default_inception_is_read_from_the_fid_inception_file(tmp_path):
     pytest.importorskip("torch_fidelity")
-    weights = inception_file(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
+    weights = write_random_inception(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
     metric = DistributionMetrics(Protocol("t", 64, 2), weight_paths={"fid_inception": str(weights)}, antialias=False)
     img = random_u8(64, 128)
     metric.update(img, noisy(img))  # compute() is skipped: a 2048-d eigendecomposition takes long on CPU

@@ -11,7 +11,8 @@ from PIL import Image
 from torch import nn
 
 from onedc import OneDC
-from onedc.eval.cli import main
+from onedc.errors import OneDCError
+from onedc.eval.cli import expand_checkpoints, main
 from onedc.eval.datasets import Setting
 from onedc.eval.metrics import DISTSMetric, DistributionMetrics, LPIPSAlex, Protocol
 from onedc.eval.runner import MetricSuite, evaluate
@@ -66,7 +67,7 @@ def test_evaluation_writes_every_report_and_resumes(photo_folder, checkpoints, t
                         [DistributionMetrics(setting.protocols[0], feature_extractor=TinyFeatures(), kid_subset_size=50)])
     models = [OneDC.from_pretrained(c) for c in checkpoints]
     images = sorted(photo_folder.glob("*.png"))
-    written = evaluate(models, setting, images, tmp_path, suite, progress=False)
+    written = evaluate([lambda m=m: m for m in models], setting, images, tmp_path, suite, progress=False, workers=0)
     out = tmp_path / "kodak_crop512"
     assert {p.name for p in written.values()} == {"results.json", "rd.png", "rd.pdf", "bdrate.md", "report.md", "report.html"}
     low = next((out / "onedc_ours").glob("lmbda0.6_*"))  # curve / rate point (lambda and weights digest)
@@ -92,13 +93,14 @@ def test_evaluation_writes_every_report_and_resumes(photo_folder, checkpoints, t
     report = (out / "report.md").read_text()
     assert "DDCM" in report and "onedc (ours)" in report and "Table G" in report
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 1 + 2 * 4 and "BD-rate" in html
+    # an RD panel per metric (PSNR, LPIPS, FID: Table G's, KID: ours), then 4 images: original + 2 rate points
+    assert html.count("class='rd'") == 4 and html.count("class='zoomable'") == 4 * 3 and "BD-rate" in html
 
     # a rerun finds every image done: the codec is not called again
     before = {p: p.stat().st_mtime_ns for p in out.rglob("per_image/*.json")}
     for model in models:
         model.compress = None  # would raise if used
-    evaluate(models, setting, images, tmp_path, suite, progress=False)
+    evaluate([lambda m=m: m for m in models], setting, images, tmp_path, suite, progress=False, workers=0)
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("per_image/*.json")}
 
 
@@ -126,6 +128,14 @@ def test_command_line_run_bdrate_report_and_complexity(photo_folder, checkpoints
     assert "| Model | Params | Enc. time (s) | Dec. time (s)" in captured.out and "| onedc (onedc_tiny) |" in captured.out
 
 
+def test_checkpoint_globs_expand_to_sorted_folders(checkpoints, tmp_path):
+    root = str(checkpoints[0]).rsplit("/", 1)[0]
+    assert expand_checkpoints([f"{root}/lmbda*"]) == sorted(checkpoints)
+    assert expand_checkpoints([checkpoints[1], f"{root}/lmbda*"]) == [checkpoints[1], checkpoints[0]]  # each folder once
+    with pytest.raises(OneDCError, match="matches nothing"):
+        expand_checkpoints([str(tmp_path / "lmbda*")])
+
+
 def test_clear_errors(tmp_path, capsys):
     assert main(["run", "--dataset", "kodak", "--root", str(tmp_path / "nowhere"), "--metrics", "psnr"]) == 1
     assert "kodim01.png" in capsys.readouterr().err
@@ -135,3 +145,5 @@ def test_clear_errors(tmp_path, capsys):
     assert "mscoco30k" in capsys.readouterr().err
     assert main(["report", "--dir", str(tmp_path)]) == 1
     assert "onedc-eval run" in capsys.readouterr().err
+    assert main(["run", "--checkpoint", str(tmp_path / "run*"), "--dataset", "kodak", "--root", str(tmp_path), "--metrics", "psnr"]) == 1
+    assert "matches nothing" in capsys.readouterr().err

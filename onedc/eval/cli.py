@@ -1,6 +1,7 @@
 """`onedc-eval`: the paper's evaluation from the command line.
 
-    onedc-eval run --checkpoint RUN/lmbda*/checkpoints/best --dataset kodak_crop512 --root /data/kodak
+    onedc-eval run --checkpoint 'RUN/lmbda*/checkpoints/best' --dataset kodak_crop512 --root /data/kodak
+    accelerate launch --num_processes 8 -m onedc.eval run ...   # the images split over 8 GPUs
     onedc-eval bdrate --dataset mscoco30k --anchor OneDC [--results out/mscoco30k/results.json] [--json F]
     onedc-eval report --dir out/kodak_crop512           # rewrite the reports from the summaries
     onedc-eval complexity --checkpoint CKPT --device cuda --sizes 512 1024
@@ -29,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="evaluate checkpoints (one rate point each) on a dataset setting")
-    run.add_argument("--checkpoint", nargs="*", default=[], help="checkpoint folders (ours or imported); none: the untrained --model")
+    run.add_argument("--checkpoint", nargs="*", default=[],
+                     help="checkpoint folders (ours or imported) or globs of them, one rate point each; none: the untrained --model")
     run.add_argument("--model", help="config of the untrained model used without --checkpoint (default: onedc_tiny)")
     run.add_argument("--dataset", required=True, help=DATASET_HELP)
     run.add_argument("--root", required=True, help="the dataset's folder")
@@ -44,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-partial", action="store_true", help="evaluate an incomplete dataset (with a warning)")
     run.add_argument("--limit", type=int, help="only the first N images (quick checks)")
     run.add_argument("--show", type=int, default=4, help="side-by-side crops in the HTML report")
+    run.add_argument("--batch-size", type=_positive, default=1, help="images of one size coded together (per process)")
+    run.add_argument("--workers", type=_at_least_zero, default=2, help="image-reading processes per evaluating process")
     add_weights_argument(run)
 
     bd = sub.add_parser("bdrate", help="BD-rate of the shipped baselines (and our results) against an anchor")
@@ -72,6 +76,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _at_least_zero(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def _load(checkpoint: str | None, model: str | None, weights: dict, device: str):
+    """One rate point's model on `device`, loaded when the runner first needs it."""
+    return load_model(PROGRAM, checkpoint, model, "onedc_tiny", weights).to(device)
+
+
 def _setting(args):
     from .datasets import SETTINGS, Setting
     from .metrics import Protocol
@@ -84,23 +105,49 @@ def _setting(args):
     return SETTINGS[args.dataset]
 
 
+def expand_checkpoints(patterns: list[str]) -> list[str]:
+    """Checkpoint folders from arguments that may be globs (quoted, so the shell leaves them):
+    each glob's matches in sorted order; a glob without a match is an error."""
+    import glob
+
+    folders = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise OneDCError(f"--checkpoint {pattern!r} matches nothing")
+            folders += matches
+        else:
+            folders.append(pattern)
+    return list(dict.fromkeys(folders))
+
+
 def _run(args) -> int:
+    from functools import partial
+
+    from accelerate import PartialState
+
     from .. import weights as external
     from .datasets import load_dataset
     from .runner import MetricSuite, evaluate
 
-    weights = external.load_weight_paths(args.weights)
+    checkpoints = expand_checkpoints(args.checkpoint) or [None]
     device = args.device or default_device()
+    state = PartialState(cpu=device == "cpu")  # under `accelerate launch`: this process's rank and GPU
+    device = str(state.device) if state.num_processes > 1 else device
+    weights = external.load_weight_paths(args.weights)
     setting = _setting(args)
     paths = load_dataset(setting.dataset, args.root, args.file_list, allow_partial=args.allow_partial)
     if args.limit:
         paths = paths[: args.limit]
     suite = MetricSuite.build(setting, tuple(m.strip() for m in args.metrics.split(",") if m.strip()), weights, device)
-    models = [load_model(PROGRAM, c, args.model, "onedc_tiny", weights).to(device) for c in args.checkpoint or [None]]
+    rate_points = [partial(_load, c, args.model, weights, device) for c in checkpoints]
     precision = args.precision or ("bf16" if device.startswith("cuda") else "fp32")
-    written = evaluate(models, setting, paths, Path(args.out), suite, args.name, args.show, precision=precision)
-    print(written["markdown"].read_text())
-    print("written: " + ", ".join(str(p) for p in written.values()))
+    written = evaluate(rate_points, setting, paths, Path(args.out), suite, args.name, args.show, precision=precision,
+                       batch_size=args.batch_size, workers=args.workers)
+    if written:  # the main process
+        print(written["markdown"].read_text())
+        print("written: " + ", ".join(str(p) for p in written.values()))
     return 0
 
 

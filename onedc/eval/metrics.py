@@ -36,6 +36,27 @@ from ..weights import require
 MS_SSIM_MIN_SIDE = 161  # pytorch_msssim: short side > (11 - 1) * 2**4 for 5 scales
 
 
+@dataclass(frozen=True)
+class KIDSettings:
+    """KID's number of subsets, subset size (patches) and subset-drawing seed."""
+
+    subsets: int
+    subset_size: int
+    seed: int
+
+
+def load_kid_settings() -> KIDSettings:
+    """The KID settings of `configs/eval/metrics.yaml` (shipped as `onedc.configs.eval`)."""
+    from importlib.resources import files
+
+    import yaml
+
+    return KIDSettings(**yaml.safe_load(files("onedc.configs.eval").joinpath("metrics.yaml").read_text())["kid"])
+
+
+KID = load_kid_settings()
+
+
 def _check_image(x: torch.Tensor, what: str) -> None:
     if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 3 and x.shape[0] == 3):
         got = f"{x.dtype} {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
@@ -277,20 +298,38 @@ def build_inception(weights: Path, antialias: bool = True) -> nn.Module:
         raise WeightsError(f"{weights} does not load into torchmetrics' FID Inception-v3: {e}") from e
 
 
+def write_random_inception(path: str | Path, seed: int = 0) -> Path:
+    """A seeded random state dict in the layout of the FID Inception file (pytorch-fid's
+    pt_inception, which torchmetrics reads): the real network's compute, meaningless features
+    (tests and benchmarks)."""
+    import pytorch_fid.inception as fid
+
+    with _seeded(seed):
+        net = fid._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+        net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = fid.FIDInceptionA(192, 32), fid.FIDInceptionA(256, 64), fid.FIDInceptionA(288, 64)
+        net.Mixed_6b, net.Mixed_6c = fid.FIDInceptionC(768, 128), fid.FIDInceptionC(768, 160)
+        net.Mixed_6d, net.Mixed_6e = fid.FIDInceptionC(768, 160), fid.FIDInceptionC(768, 192)
+        net.Mixed_7b, net.Mixed_7c = fid.FIDInceptionE_1(1280), fid.FIDInceptionE_2(2048)
+    torch.save(net.state_dict(), path)
+    return Path(path)
+
+
 class DistributionMetrics:
     """FID and KID between the reference and reconstruction patches of all images of one rate
-    point: `update(ref_u8, rec_u8)` per image, then `compute()`.
+    point: `update(ref_u8, rec_u8)` per image (or `patch_features` in any process, then `add`), then
+    `compute()`.
 
     torchmetrics FrechetInceptionDistance (2048-d) and KernelInceptionDistance (polynomial
-    kernel, `kid_subsets` subsets of `kid_subset_size`) on uint8 patches. Features are computed
+    kernel, `kid_subsets` subsets of `kid_subset_size`; defaults from configs/eval/metrics.yaml)
+    on uint8 patches. Features are computed
     once per patch by `feature_extractor` (uint8 (N, 3, P, P) -> (N, D); default torchmetrics'
     Inception from `require("fid_inception", weight_paths)`, which resizes to 299x299 itself)
     and handed to both metrics. KID subsets are drawn with a fixed seed.
     """
 
     def __init__(self, protocol: Protocol, feature_extractor: nn.Module | None = None, weight_paths: dict | None = None,
-                 antialias: bool = True, device: str | torch.device = "cpu", kid_subsets: int = 100,
-                 kid_subset_size: int = 1000, kid_seed: int = 2020, batch_size: int = 64):
+                 antialias: bool = True, device: str | torch.device = "cpu", kid_subsets: int = KID.subsets,
+                 kid_subset_size: int = KID.subset_size, kid_seed: int = KID.seed, batch_size: int = 64):
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -316,6 +355,18 @@ class DistributionMetrics:
                                                subset_size=kid_subset_size).to(self.device)
         self.patches = 0
 
+    @classmethod
+    def from_random(cls, protocol: Protocol, seed: int = 0, device: str | torch.device = "cpu") -> "DistributionMetrics":
+        """FID/KID with torchmetrics' Inception on seeded random weights (`write_random_inception`):
+        the compute of the real metric, meaningless values (benchmarks and tests only)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            weights = write_random_inception(Path(folder) / "random_inception.pth", seed)
+            metric = cls(protocol, weight_paths={"fid_inception": str(weights)}, device=device)
+        metric.extractor = f"torchmetrics NoTrainInceptionV3 (inception-v3-compat, 2048-d) with random weights (seed {seed})"
+        return metric
+
     def _infer_dim(self) -> int:
         size = self.protocol.patch or 299
         with torch.no_grad():
@@ -325,15 +376,24 @@ class DistributionMetrics:
         with torch.no_grad():
             return torch.cat([self.features(b.to(self.device)).float() for b in patches.split(self.batch_size)])
 
-    def update(self, ref_u8: torch.Tensor, rec_u8: torch.Tensor) -> None:
-        """Add the patches of one uint8 (3, H, W) reference (real) and its reconstruction (fake)."""
+    def patch_features(self, ref_u8: torch.Tensor, rec_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (real, fake) features (N, D) of the N patches of one uint8 (3, H, W) reference and
+        its reconstruction; `add` them, here or in another process."""
         _check_pair(ref_u8, rec_u8)
         real = self._extract(extract_patches(ref_u8, self.protocol.patch, self.protocol.split))
         fake = self._extract(extract_patches(rec_u8, self.protocol.patch, self.protocol.split))
+        return real, fake
+
+    def add(self, real: torch.Tensor, fake: torch.Tensor) -> None:
+        """Add the (N, D) features of one image's reference and reconstruction patches."""
         for metric in (self.fid, self.kid):
-            metric.update(real, real=True)
-            metric.update(fake, real=False)
+            metric.update(real.to(self.device), real=True)
+            metric.update(fake.to(self.device), real=False)
         self.patches += real.shape[0]
+
+    def update(self, ref_u8: torch.Tensor, rec_u8: torch.Tensor) -> None:
+        """Add the patches of one uint8 (3, H, W) reference (real) and its reconstruction (fake)."""
+        self.add(*self.patch_features(ref_u8, rec_u8))
 
     def compute(self) -> dict:
         """{"fid", "kid", "kid_std", "patches", "kid_subset_size", "notes"}. A value that cannot

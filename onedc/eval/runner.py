@@ -1,41 +1,48 @@
-"""Evaluate OneDC rate points on a dataset setting, resumably, and write the reports.
+"""Evaluate OneDC rate points on a dataset setting, on any number of processes, resumably,
+and write the reports.
 
 For every image: compress to a real file (`files/<stem>.onedc`), decompress, save the 8-bit
-reconstruction (`recon/<stem>.png`) and measure bpp (from the file size, over the unpadded
-pixels), the entropy model's estimated bpp, PSNR, MS-SSIM, LPIPS and DISTS, recorded in
-`per_image/<stem>.json`. An image whose record matches the model is not recomputed on a rerun.
-Then FID/KID over the patches of all reconstructions (from the PNGs) for each protocol of the
-setting, and `summary.json` (means over images). Layout under `out/<setting>/`:
+reconstruction (`recon/<stem>.png`), measure bpp (from the file size, over the unpadded pixels),
+the entropy model's estimated bpp, PSNR, MS-SSIM, LPIPS and DISTS and the FID/KID features of
+its patches (`features/<stem>.safetensors`), recorded last in `per_image/<stem>.json` (see
+`pipeline`). Then, on the main process, FID/KID over the features of all images for each
+protocol of the setting and `summary.json` (means over images). Layout under `out/<setting>/`:
 
-    <curve>/<rate point>/files, recon, per_image, summary.json   one folder per model
+    <curve>/<rate point>/files, recon, features, per_image, summary.json   one folder per model
     <curve>/results.json  a curve (CompressAI results schema; input of `onedc-eval bdrate`)
     report.md, rd.png, rd.pdf, bdrate.md, report.html      all curves against the baselines
 
 A curve is what `--name` names (e.g. "stage1", "stage2"); a rate point is one model, named by
 its λ and weights digest, so models never overwrite each other's results.
+
+Processes (`accelerate launch -m onedc.eval run ...`, one node or several sharing the output
+folder): for each rate point the main process lists the unfinished images (those without a
+complete record), groups them by size into batches and broadcasts the list; process i of n takes
+batches i, i + n, i + 2n, ... After the last rate point every process waits for the others, and the
+main process merges. What is done is read from the records alone, so a run stopped anywhere
+resumes on any number of processes without recomputing, duplicating or missing an image.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from ..atomic import atomic_file
 from ..errors import OneDCError
-from ..image_io import to_uint8_tensor
 from ..model import OneDC
 from . import baselines
 from .bd_rate import bd_rate_table, format_table
 from .datasets import SETTINGS, Setting, load_u8, prepare_crops
-from .metrics import DISTSMetric, DistributionMetrics, LPIPSAlex, image_metrics_info, ms_ssim, ms_ssim_unavailable, psnr
-from .report import Comparison, html_report, markdown_table, rd_plot
+from .metrics import DISTSMetric, DistributionMetrics, LPIPSAlex, image_metrics_info
+from .pipeline import code_batches, is_done, load_features, png_bytes, record_path, recon_path
+from .progress import ProgressBar
+from .report import BDRateSection, Comparison, Panel, html_report, markdown_table, rd_panels, rd_plot
 
 METRICS = ("psnr", "ms-ssim", "lpips", "dists", "fid")
 MEANS = ("bpp", "bpp_estimated", "psnr", "ms-ssim", "lpips", "dists", "encode_s", "decode_s")
@@ -88,47 +95,65 @@ def rate_point_name(model: OneDC) -> str:
     return f"{rate}_{identity.digest.hex()}"
 
 
-def _png(u8: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(u8.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _write_json(path: Path, data) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
-def evaluate_rate_point(model: OneDC, images: list[Path], folder: Path, suite: MetricSuite, curve_name: str,
-                        progress: bool = True, precision: str = "fp32") -> dict:
-    """Evaluate one model on `images` into `folder`; returns (and writes) the summary.
-    precision "bf16": the VAE and the generator under bf16 autocast, as the official inference
-    (the entropy networks are exact either way)."""
-    from tqdm.auto import tqdm
+def check_unique_stems(images: list[Path]) -> None:
+    """Results are stored per file stem: two images with one stem would overwrite each other."""
+    seen: dict[str, Path] = {}
+    for path in images:
+        if path.stem in seen:
+            raise OneDCError(f"{seen[path.stem]} and {path} share the name {path.stem!r}: results are stored by name; "
+                             "rename one or evaluate them separately")
+        seen[path.stem] = path
 
-    identity = model.identity.describe()
-    records = []
-    for path in tqdm(images, desc=folder.name, disable=not progress, unit="img"):
-        record_path = folder / "per_image" / f"{path.stem}.json"
-        recon_path = folder / "recon" / f"{path.stem}.png"
-        ref, notes = load_u8(path)
-        record = json.loads(record_path.read_text()) if record_path.is_file() else None
-        if record is None or record.get("model") != identity or not recon_path.is_file():
-            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                record = _measure(model, path, ref, notes, folder, suite)
-            _write_json(record_path, record)
-        records.append(record)
-        rec, _ = load_u8(recon_path)
-        for d in suite.distribution:
-            d.update(ref, rec)
-    summary = {"curve": curve_name, "rate_point": folder.name, "model": identity, "lmbda": model.lmbda, "images": len(records),
-               "precision": precision}
+
+def image_size(path: Path, setting: Setting) -> tuple[int, int]:
+    """(width, height) the codec sees: the crop size, or the file's own (read from its header)."""
+    if setting.crop is not None:
+        return setting.crop, setting.crop
+    with Image.open(path) as im:
+        return im.size
+
+
+def pending_batches(images: list[Path], sizes: list[tuple[int, int]], folder: Path, identity: str, suite: MetricSuite,
+                    batch_size: int) -> list[list[Path]]:
+    """The images of `folder` not yet done, in dataset order, grouped by size into batches of at
+    most `batch_size` (a size's batches in the order of its first image)."""
+    groups: dict[tuple[int, int], list[Path]] = {}
+    for path, size in zip(images, sizes):
+        if not is_done(folder, path.stem, identity, suite.names, bool(suite.distribution)):
+            groups.setdefault(size, []).append(path)
+    return [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
+def share(batches: list[list[Path]], process: int, processes: int) -> list[list[Path]]:
+    """Process `process` of `processes` takes batches process, process + processes, ..."""
+    return batches[process::processes]
+
+
+def summarize(folder: Path, images: list[Path], suite: MetricSuite, curve_name: str, model: dict, precision: str) -> dict:
+    """Merge the records and features of every image of `folder` into its summary (written as
+    summary.json): means over images, FID/KID per protocol. `model` = {"identity", "lmbda"}.
+    OneDCError naming the unfinished images if some are missing."""
+    missing = [p.stem for p in images if not is_done(folder, p.stem, model["identity"], suite.names, bool(suite.distribution))]
+    if missing:
+        raise OneDCError(f"{folder}: {len(missing)} of {len(images)} images unfinished ({', '.join(missing[:5])}"
+                         f"{', ...' if len(missing) > 5 else ''}); rerun the same command to finish them")
+    records = [json.loads(record_path(folder, p.stem).read_text()) for p in images]
+    summary = {"curve": curve_name, "rate_point": folder.name, "model": model["identity"], "lmbda": model["lmbda"],
+               "images": len(records), "precision": precision}
     for key in MEANS:
         values = [r[key] for r in records if r.get(key) is not None and not math.isnan(r[key])]
         summary[key] = sum(values) / len(values) if values else None
         if values and len(values) < len(records):
             summary[f"{key}_images"] = len(values)
     for i, d in enumerate(suite.distribution):
+        d.reset()
+        for path in images:
+            d.add(*load_features(folder, path.stem, d.protocol.name))
         result = d.compute()
         prefix = "" if i == 0 else f"{d.protocol.name}/"  # the setting's main protocol is plain "fid"
         summary.update({f"{prefix}fid": result["fid"], f"{prefix}kid": result["kid"], f"{prefix}kid_std": result["kid_std"],
@@ -139,42 +164,6 @@ def evaluate_rate_point(model: OneDC, images: list[Path], folder: Path, suite: M
     summary["metrics"] = suite.info()
     _write_json(folder / "summary.json", summary)
     return summary
-
-
-def _measure(model: OneDC, path: Path, ref: torch.Tensor, notes: list[str], folder: Path, suite: MetricSuite) -> dict:
-    x = ref.float() / 127.5 - 1
-    height, width = x.shape[-2:]
-    start = time.perf_counter()
-    data = model.compress(x)
-    encode_s = time.perf_counter() - start
-    start = time.perf_counter()
-    x_hat = model.decompress(data)
-    decode_s = time.perf_counter() - start
-    rec = to_uint8_tensor(x_hat)
-    with atomic_file(folder / "files" / f"{path.stem}.onedc") as tmp:
-        tmp.write_bytes(data)
-    with atomic_file(folder / "recon" / f"{path.stem}.png") as tmp:
-        tmp.write_bytes(_png(rec))
-    pixels = height * width
-    estimate = model.estimate_bits(x)
-    record = {
-        "image": str(path), "model": model.identity.describe(), "width": width, "height": height, "bytes": len(data),
-        "bpp": 8 * len(data) / pixels, "bpp_estimated": (estimate["y"] + estimate["z"]) / pixels,
-        "bpp_y_estimated": estimate["y"] / pixels, "bpp_z": estimate["z"] / pixels,
-        "encode_s": encode_s, "decode_s": decode_s, "notes": list(notes),
-    }
-    if "psnr" in suite.names:
-        record["psnr"] = psnr(ref, rec)
-    if "ms-ssim" in suite.names:
-        record["ms-ssim"] = ms_ssim(ref, rec)
-        reason = ms_ssim_unavailable(height, width)
-        if reason:
-            record["notes"].append(reason)
-    if suite.lpips:
-        record["lpips"] = suite.lpips(ref, rec)
-    if suite.dists:
-        record["dists"] = suite.dists(ref, rec)
-    return record
 
 
 def curve(curve_dir: Path) -> dict:
@@ -189,11 +178,18 @@ def curve(curve_dir: Path) -> dict:
             "results": results}
 
 
-def write_reports(setting_dir: Path, show: int = 4, anchor: str = "OneDC") -> dict[str, Path]:
+def first_evaluated(curve_dir: Path) -> int:
+    """When the curve's first image was finished (records are never rewritten), in ns."""
+    return min((p.stat().st_mtime_ns for p in curve_dir.glob("*/per_image/*.json")), default=0)
+
+
+def write_reports(setting_dir: Path, show: int = 4, anchor: str = "OneDC", show_crop: int = 256) -> dict[str, Path]:
     """Each curve's results.json, then report.md, rd.png/.pdf, bdrate.md and report.html of all
-    curves of `setting_dir` (with `show` image pairs of each curve's lowest rate point)."""
+    curves of `setting_dir`, in the order they were first evaluated (the gallery: `show_crop` px
+    crops of the first `show` images, each beside its reconstruction at every rate point)."""
     setting = setting_dir.name
-    folders = sorted(p for p in setting_dir.iterdir() if p.is_dir() and any(p.glob("*/summary.json"))) if setting_dir.is_dir() else []
+    folders = [p for p in setting_dir.iterdir() if p.is_dir() and any(p.glob("*/summary.json"))] if setting_dir.is_dir() else []
+    folders.sort(key=first_evaluated)
     if not folders:
         raise OneDCError(f"{setting_dir}: no evaluated rate points (<curve>/<rate point>/summary.json); run `onedc-eval run` first")
     written, ours = {}, {}
@@ -204,55 +200,112 @@ def write_reports(setting_dir: Path, show: int = 4, anchor: str = "OneDC") -> di
         ours[data["name"]] = (folder, data)
     published = {n: c for n, c in baselines.load_all(setting).items()} if setting in baselines.datasets() else {}
     curves = {**published, **{name: data for name, (_, data) in ours.items()}}
-    title = f"{', '.join(ours)} on {setting}" + (f" ({SETTINGS[setting].note})" if setting in SETTINGS else "")
-    plots = rd_plot(curves, list(ours), title, setting_dir / "rd")
+    note = SETTINGS[setting].note if setting in SETTINGS else None
+    title = f"{', '.join(ours)} on {setting}"
+    plots = rd_plot(curves, list(ours), title + (f" ({note})" if note else ""), setting_dir / "rd")
     written.update({p.suffix[1:]: p for p in plots})
-    sections = {}
+    bd_rate = None
+    md = f"# {title}" + (f" ({note})" if note else "") + "\n\n" + markdown_table(curves)
+    sources = sorted({c["meta"]["source"] for c in published.values()})
+    if sources:
+        md += f"\nBaselines: {', '.join(sources)}.\n"
     if anchor in published:
         ordered = {anchor: curves[anchor], **curves}  # the anchor's row first
-        rows = bd_rate_table({k: c["results"] for k, c in ordered.items()}, anchor)
-        text = f"BD-rate against {anchor} (cubic; negative = fewer bits)\n\n" + format_table(rows)
+        bd_rate = BDRateSection(anchor, "cubic", bd_rate_table({k: c["results"] for k, c in ordered.items()}, anchor))
+        text = f"BD-rate against {anchor} (cubic; negative = fewer bits)\n\n" + format_table(bd_rate.rows)
         with atomic_file(setting_dir / "bdrate.md") as tmp:
             tmp.write_text(text + "\n", encoding="utf-8")
-        written["bdrate"], sections["BD-rate"] = setting_dir / "bdrate.md", text
-    for name, (_, data) in ours.items():
-        sections[f"Metric settings ({name})"] = json.dumps(data["meta"]["metrics"], indent=1)
-    sources = sorted({c["meta"]["source"] for c in published.values()})
-    md = f"# {title}\n\n" + markdown_table(curves) + (f"\nBaselines: {', '.join(sources)}.\n" if sources else "")
-    if "BD-rate" in sections:
-        md += "\n" + sections["BD-rate"] + "\n"
+        written["bdrate"] = setting_dir / "bdrate.md"
+        md += "\n" + text + "\n"
     with atomic_file(setting_dir / "report.md") as tmp:
         tmp.write_text(md, encoding="utf-8")
     written["markdown"] = setting_dir / "report.md"
-    pairs = [c for folder, data in ours.values() for c in comparisons(folder / data["meta"]["rate_points"][0], show)]
-    html_report(setting_dir / "report.html", title, plots[0] if plots else None, curves, sections, pairs)
+    images = max(json.loads(p.read_text())["images"] for f in folders for p in f.glob("*/summary.json"))
+    subtitle = ((f"{note}; " if note else "") + f"{images} images; bpp from the real file sizes, metrics on the 8-bit reconstructions"
+                + (f"; baselines: {', '.join(sources)}" if sources else ""))
+    details = {f"Metric settings ({name})": json.dumps(data["meta"]["metrics"], indent=1) for name, (_, data) in ours.items()}
+    gallery = comparisons([folder / r for folder, data in ours.values() for r in data["meta"]["rate_points"]], show, show_crop)
+    html_report(setting_dir / "report.html", title, subtitle, curves, list(ours), rd_panels(curves, list(ours)), gallery,
+                bd_rate, details)
     written["html"] = setting_dir / "report.html"
     return written
 
 
-def comparisons(folder: Path, count: int, crop: int = 256) -> list[Comparison]:
-    """Side-by-side center crops (`crop` px) of the first `count` images evaluated in `folder`
-    and their reconstructions, captioned with bpp, LPIPS and DISTS."""
+def center_crop(x, size: int):
+    """The central `size` x `size` window of a (3, H, W) tensor (all of a side shorter than it)."""
+    height, width = x.shape[1:]
+    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    return x[:, top:top + size, left:left + size].contiguous()
+
+
+def comparisons(rate_points: list[Path], count: int, crop: int = 256) -> list[Comparison]:
+    """The first `count` images (by name) of the first rate point: the `crop` px center crop of
+    the original, then of the reconstruction at each of `rate_points` (its curve and λ; bpp,
+    PSNR, LPIPS, DISTS)."""
+    if not rate_points or count <= 0:
+        return []
+    labels = {}
+    for folder in rate_points:
+        summary = json.loads((folder / "summary.json").read_text())
+        lmbda = summary.get("lmbda")
+        labels[folder] = f"{summary['curve']}, " + ("untrained" if lmbda is None else f"λ {lmbda:g}")
     out = []
-    for record_path in sorted((folder / "per_image").glob("*.json"))[:count]:
-        record = json.loads(record_path.read_text())
-        ref, _ = load_u8(record["image"])
-        rec, _ = load_u8(folder / "recon" / f"{record_path.stem}.png")
-        h, w = ref.shape[1:]
-        top, left = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
-        window = (slice(None), slice(top, top + crop), slice(left, left + crop))
-        caption = ", ".join([f"{record['bpp']:.4f} bpp"] + [f"{k.upper()} {record[k]:.3f}" for k in ("lpips", "dists") if record.get(k) is not None])
-        out.append(Comparison(f"{record_path.stem} ({folder.parent.name}, {folder.name})", _png(ref[window].contiguous()), _png(rec[window].contiguous()), caption))
+    for first in sorted((rate_points[0] / "per_image").glob("*.json"))[:count]:
+        stem = first.stem
+        ref, _ = load_u8(json.loads(first.read_text())["image"])
+        height, width = ref.shape[1:]
+        panels = [Panel("original", png_bytes(center_crop(ref, crop)), f"center {min(crop, width)}x{min(crop, height)} of {width}x{height}")]
+        for folder in rate_points:
+            if not record_path(folder, stem).is_file():
+                continue
+            record = json.loads(record_path(folder, stem).read_text())
+            rec, _ = load_u8(recon_path(folder, stem))
+            values = [f"{record['bpp']:.4f} bpp"] + [f"{label} {record[key]:.{digits}f}" for key, label, digits in
+                                                      (("psnr", "PSNR", 2), ("lpips", "LPIPS", 3), ("dists", "DISTS", 3))
+                                                      if record.get(key) is not None]
+            panels.append(Panel(labels[folder], png_bytes(center_crop(rec, crop)), " · ".join(values)))
+        out.append(Comparison(stem, panels))
     return out
 
 
-def evaluate(models: list[OneDC], setting: Setting, paths: list[Path], out: Path, suite: MetricSuite,
-             name: str = "onedc (ours)", show: int = 4, progress: bool = True, precision: str = "fp32") -> dict[str, Path]:
-    """Evaluate each model as one rate point of curve `name` on `setting` under `out`, then
-    write the reports of the setting (all its curves); returns the report paths."""
+def evaluate(rate_points: Sequence[Callable[[], OneDC]], setting: Setting, paths: list[Path], out: Path, suite: MetricSuite,
+             name: str = "onedc (ours)", show: int = 4, progress: bool = True, precision: str = "fp32",
+             batch_size: int = 1, workers: int = 2, show_crop: int = 256) -> dict[str, Path]:
+    """Evaluate each model (`rate_points`: loaders, called one at a time on every process) as one
+    rate point of curve `name` on `setting` under `out`, on this process's share of the images
+    (see the module's docstring); then the main process writes the summaries and the reports of
+    the setting (all its curves) and returns the report paths ({} on the other processes)."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState()
+    main = state.is_main_process
     setting_dir = out / setting.name
-    images = setting_images(setting, paths, out)
-    for model in models:
-        folder = setting_dir / baselines.slug(name) / rate_point_name(model)
-        evaluate_rate_point(model, images, folder, suite, name, progress, precision)
-    return write_reports(setting_dir, show)
+    if main:  # crops are made once, by the main process
+        images = setting_images(setting, paths, out)
+        check_unique_stems(images)
+        sizes = [image_size(p, setting) for p in images]
+    images, sizes = broadcast_object_list([images, sizes] if main else [None, None])
+    bar = ProgressBar(len(images) * len(rate_points), disable=not (main and progress)) if main else None
+    evaluated = []
+    try:
+        for load in rate_points:
+            model = load().eval()  # the rate estimate uses hard rounding only in eval mode
+            folder = setting_dir / baselines.slug(name) / rate_point_name(model)
+            identity = model.identity.describe()
+            if main:
+                bar.watch(folder)
+            batches = broadcast_object_list([pending_batches(images, sizes, folder, identity, suite, batch_size) if main else None])[0]
+            code_batches(model, share(batches, state.process_index, state.num_processes), folder, suite, precision, workers,
+                         (state.process_index, state.num_processes))
+            evaluated.append((folder, {"identity": identity, "lmbda": model.lmbda}))
+            del model
+        state.wait_for_everyone()
+    finally:
+        if bar is not None:
+            bar.close()
+    if not main:
+        return {}
+    for folder, model in evaluated:
+        summarize(folder, images, suite, name, model, precision)
+    return write_reports(setting_dir, show, show_crop=show_crop)

@@ -173,16 +173,21 @@ class RunConfig:
 
 def compose(overrides: list[str] | None = None) -> RunConfig:
     """The training config with Hydra-style overrides, e.g. compose(["experiment=quickstart",
-    "train.max_steps=10"]): from scripts and tests, or inside the running `onedc-train` (whose
-    Hydra already searches onedc.configs)."""
+    "train.max_steps=10"]), checked, as dataclasses."""
+    return run_config(compose_config(overrides))
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The composed Hydra config of `onedc-train` with overrides, unchecked: from scripts and
+    tests, or inside the running `onedc-train` (whose Hydra already searches onedc.configs)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return run_config(hydra_compose("train", overrides=overrides or []))
+        return hydra_compose("train", overrides=overrides or [])
     with initialize_config_module("onedc.configs", version_base="1.3"):
-        return run_config(hydra_compose("train", overrides=overrides or []))
+        return hydra_compose("train", overrides=overrides or [])
 
 
 def run_config(cfg: DictConfig) -> RunConfig:
