@@ -25,3 +25,13 @@ class CheckpointError(OneDCError):
 
 class WeightsError(OneDCError):
     """An external weight is missing, unreadable or does not fit the module it is loaded into."""
+
+
+class SizeLimitError(OneDCError):
+    """An image or a file declares a size above the limit (`max_pixels`, `--max-pixels`), or
+    one whose estimated memory exceeds what the device has available."""
+
+
+class WriteError(OneDCError):
+    """A file or folder could not be written (full disk, quota, permissions); the previous
+    version under that name is intact."""
