@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from ..atomic import free_space_note
 from ..errors import OneDCError
 from .config import run_config
 
@@ -31,6 +32,9 @@ def run(cfg: DictConfig) -> None:
         train(settings, run_dir)
     except OneDCError as e:
         print(f"onedc-train: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # e.g. a full disk while writing the logs
+        print(f"onedc-train: error: {e}; {free_space_note(Path(HydraConfig.get().runtime.output_dir))}", file=sys.stderr)
         sys.exit(1)
 
 
