@@ -11,6 +11,15 @@ from .atomic import atomic_file
 from .errors import OneDCError
 
 _TINY_DEFAULT = "onedc_tiny"
+MAX_PIXELS_HELP = ("largest image to code, in pixels after padding to multiples of 64; default: max_pixels of "
+                   "configs/limits.yaml (4096x4096), and the estimated memory must fit the device; a given N alone applies")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text}")
+    return value
 
 
 def _device(name: str | None) -> str:
@@ -47,11 +56,11 @@ def _load_model(model: str | None, checkpoint: str | None, device: str, weight_o
 def cmd_compress(args: argparse.Namespace) -> None:
     from .image_io import load_image
 
-    x, notes = load_image(args.input)
+    x, notes = load_image(args.input, args.max_pixels)
     for note in notes:
         print(f"onedc: note: {args.input}: {note}", file=sys.stderr)
     net = _load_model(args.model, args.checkpoint, _device(args.device), args.weights)
-    data = net.compress(x)
+    data = net.compress(x, args.max_pixels)
     output = Path(args.output)
     with atomic_file(output) as tmp:
         tmp.write_bytes(data)
@@ -64,6 +73,7 @@ def cmd_decompress(args: argparse.Namespace) -> None:
 
     from . import bitstream
     from .config import model_config_names
+    from .limits import check_size
 
     output = Path(args.output)
     latents_only = output.suffix == ".safetensors"
@@ -77,8 +87,10 @@ def cmd_decompress(args: argparse.Namespace) -> None:
     header, _, _ = bitstream.read(data)
     if not args.checkpoint and header.model.name not in model_config_names():
         raise OneDCError(f"{args.input} was written by {header.model.describe()}: pass its --checkpoint")
-    net = _load_model(None if args.checkpoint else header.model.name, args.checkpoint, _device(args.device), args.weights)
-    rec = net.decode_latents(data)
+    device = _device(args.device)
+    check_size(header.model.name, "decompress", header.height, header.width, device, args.max_pixels)  # before loading the model
+    net = _load_model(None if args.checkpoint else header.model.name, args.checkpoint, device, args.weights)
+    rec = net.decode_latents(data, args.max_pixels)
     if latents_only:
         from safetensors.torch import save_file
 
@@ -167,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + onedc.json)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--weights", action="append", metavar="NAME=PATH", help="local path of an external weight (repeatable)")
+    p.add_argument("--max-pixels", type=_positive, metavar="N", help=MAX_PIXELS_HELP)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="decode a .onedc file")
@@ -175,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint folder of the model that wrote the file")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--weights", action="append", metavar="NAME=PATH", help="local path of an external weight (repeatable)")
+    p.add_argument("--max-pixels", type=_positive, metavar="N", help=MAX_PIXELS_HELP)
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("info", help="print the parameter counts of a model config")

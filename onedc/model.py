@@ -11,7 +11,8 @@ Checkpoint folder (written atomically by `save_pretrained`):
     frozen.safetensors  optional: frozen weights bundled with the checkpoint (an imported
                         official release carries its DMD2 U-Net base)
     onedc.json          {"format", "format_version", "model_config", "lmbda", "weights_digest",
-                        "frozen_digest" (with frozen.safetensors)}
+                        "frozen_digest" (with frozen.safetensors), "checksum" (SHA-256 of the
+                        other entries as canonical JSON)}
 Frozen parts (the U-Net base and the VAE) are not stored: they come from their own source
 (the seeded initialisation of an untrained config; the DMD2 U-Net and SD2.1 VAE at full size,
 loaded by onedc.weights.load_pretrained / load_frozen_weights).
@@ -27,28 +28,31 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from . import bitstream
 from .atomic import atomic_directory
+from .checksums import json_checksum
 from .bitstream import DIGEST_BYTES, MAX_SIDE, Header, ModelIdentity
 from .codec import LatentCodec
 from .config import ModelConfig, model_config_from_dict
 from .errors import BitstreamError, CheckpointError, ConfigError, ImageError
 from .codec.code_predictor import CodePredictor
+from .codec.stream_limits import stream_bounds
 from .codec.semantic import tokens
 from .generator.one_step_unet import OneStepGenerator, is_trainable
 from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
-from .state_dicts import check_keys
+from .limits import check_size
+from .state_dicts import check_keys, load_safetensors
 
 CHECKPOINT_FORMAT = "onedc-checkpoint"
 CHECKPOINT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 FROZEN_FILE = "frozen.safetensors"
 METADATA_FILE = "onedc.json"
+METADATA_KEYS = {"format", "format_version", "model_config", "lmbda", "weights_digest", "frozen_digest", "checksum"}
 
 
 @dataclass
@@ -90,7 +94,29 @@ def write_checkpoint(folder: Path, config: ModelConfig, lmbda: float | None, tra
         frozen = {k: v.detach().cpu().contiguous() for k, v in frozen.items()}
         save_file(frozen, folder / FROZEN_FILE, metadata={"format": "pt"})
         meta["frozen_digest"] = tensor_digest(frozen).hex()
+    meta["checksum"] = json_checksum(meta)
     (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def read_metadata(path: Path) -> dict:
+    """A checkpoint's onedc.json, checked: valid JSON, known keys, its checksum (files written
+    before the checksum existed have none), this format. CheckpointError naming the check."""
+    try:
+        meta = json.loads(path.read_text())
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}): the file is corrupt or truncated") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is not a onedc checkpoint (format version {CHECKPOINT_VERSION})")
+    unknown = sorted(set(meta) - METADATA_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: unexpected entries {unknown}: the file is corrupt or written by a newer onedc")
+    if "checksum" in meta and meta["checksum"] != json_checksum(meta):
+        raise CheckpointError(f"{path}: checksum mismatch: the file is corrupt or was edited")
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} is not a onedc checkpoint (format version {CHECKPOINT_VERSION})")
+    return meta
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -129,25 +155,17 @@ class OneDC(nn.Module):
         for required in (meta_path, weights_path):
             if not required.is_file():
                 raise CheckpointError(f"incomplete checkpoint {path}: {required.name} is missing")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read {meta_path}: {e}") from e
-        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") != CHECKPOINT_VERSION:
-            raise CheckpointError(f"{meta_path} is not a onedc checkpoint (format version {CHECKPOINT_VERSION})")
+        meta = read_metadata(meta_path)
         try:
             config = model_config_from_dict(meta["model_config"], source=str(meta_path))
         except (KeyError, ConfigError) as e:
             raise CheckpointError(f"{meta_path} holds no valid model config: {e}") from e
+        state = load_safetensors(weights_path, error=CheckpointError)
         model = cls.untrained(config)
         model.lmbda = meta.get("lmbda")
-        try:
-            state = load_file(weights_path)
-        except (OSError, SafetensorError) as e:
-            raise CheckpointError(f"cannot read {weights_path}: {e}") from e
         model.load_trainable_state_dict(state, source=str(weights_path))
         if model.weights_digest().hex() != meta.get("weights_digest"):
-            raise CheckpointError(f"{weights_path} does not match the digest recorded in {meta_path.name} (corrupt or replaced file)")
+            raise CheckpointError(f"{weights_path}: digest mismatch with {meta_path.name}: the file is corrupt or was replaced")
         if meta.get("frozen_digest"):
             model.load_bundled_frozen(path / FROZEN_FILE, meta["frozen_digest"])
         return model
@@ -155,12 +173,9 @@ class OneDC(nn.Module):
     def load_bundled_frozen(self, path: Path, digest: str) -> None:
         """Frozen weights shipped inside a checkpoint (e.g. the DMD2 U-Net base of an imported
         official release): a subset of the frozen keys, each with its shape."""
-        try:
-            state = load_file(path)
-        except (OSError, SafetensorError) as e:
-            raise CheckpointError(f"cannot read {path}: {e}") from e
+        state = load_safetensors(path, error=CheckpointError)
         if tensor_digest(state).hex() != digest:
-            raise CheckpointError(f"{path} does not match the digest recorded in {METADATA_FILE} (corrupt or replaced file)")
+            raise CheckpointError(f"{path}: digest mismatch with {METADATA_FILE}: the file is corrupt or was replaced")
         trainable = self.trainable_state_dict()
         frozen = {k: v.shape for k, v in self.state_dict().items() if k not in trainable}
         unknown = sorted(set(state) - set(frozen))
@@ -231,13 +246,15 @@ class OneDC(nn.Module):
 
     # ----------------------------------------------------------------- coding
     @torch.no_grad()
-    def encode(self, image: torch.Tensor) -> tuple[bytes, LatentReconstruction]:
+    def encode(self, image: torch.Tensor, max_pixels: int | None = None) -> tuple[bytes, LatentReconstruction]:
         """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> (the bytes of a onedc file, the
-        latent reconstruction the decoder will produce from them)."""
-        x = _check_image(image).to(self.device)
+        latent reconstruction the decoder will produce from them). `max_pixels`: see `decode_latents`."""
+        x = _check_image(image)
         height, width = x.shape[-2:]
         if height > MAX_SIDE or width > MAX_SIDE:
             raise ImageError(f"images up to {MAX_SIDE} pixels per side are supported, got {height}x{width}")
+        check_size(self.config.name, "compress", height, width, self.device, max_pixels)
+        x = x.to(self.device)
         padded = pad_to_multiple(x, self.config.image_multiple)
         out = self.codec.compress(padded, self.encode_latent(padded))
         identity = self.identity
@@ -253,22 +270,31 @@ class OneDC(nn.Module):
         out = self.codec(x, self.encode_latent(x))
         return {"y": float(out["bits"]["y"][0]), "z": float(out["bits"]["z"][0])}
 
-    def compress(self, image: torch.Tensor) -> bytes:
+    def compress(self, image: torch.Tensor, max_pixels: int | None = None) -> bytes:
         """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> the bytes of a onedc file."""
-        return self.encode(image)[0]
+        return self.encode(image, max_pixels)[0]
 
     @torch.no_grad()
-    def decode_latents(self, data: bytes) -> LatentReconstruction:
+    def decode_latents(self, data: bytes, max_pixels: int | None = None) -> LatentReconstruction:
         """The bytes of a onedc file -> its latent reconstruction. BitstreamError if the file
-        is corrupt or was written by another model."""
+        is corrupt or was written by another model; SizeLimitError, before anything is
+        allocated, if its image is larger than `max_pixels` (None: the default limit of
+        configs/limits.yaml, 4096 x 4096, and the memory the device has available; see
+        onedc.limits)."""
         header, y_stream, z_stream = bitstream.read(data)
-        if not header.model.matches(self.identity):
+        identity = self.identity
+        if not header.model.matches(identity):
             raise BitstreamError(
                 f"model mismatch: the file was written by {header.model.describe()}, "
-                f"this model is {self.identity.describe()}"
+                f"this model is {identity.describe()}"
             )
+        check_size(self.config.name, "decompress", header.height, header.width, self.device, max_pixels)
         m = self.config.image_multiple
         shape = (math.ceil(header.height / m), math.ceil(header.width / m))
+        coder, entropy = self.codec.coder, self.config.codec.entropy
+        y_stride = 2 * self.config.codec.analysis.patch_size  # g_a: patchify, then a stride-2 conv
+        y_symbols = self.config.codec.y_channels * (shape[0] * m // y_stride) * (shape[1] * m // y_stride)
+        stream_bounds(coder.cdfs, coder.cdf_lengths, coder.offsets, entropy.max_symbol).check(y_symbols, len(y_stream))
         out = self.codec.decompress({"y": [y_stream], "z": [z_stream]}, shape)
         return LatentReconstruction(out["y_hat"], out["c"], header.height, header.width, header.model)
 
@@ -278,9 +304,10 @@ class OneDC(nn.Module):
         x_hat = self.generate(self.codec.g_s(rec.y_hat, rec.c), rec.c)
         return x_hat[0, :, : rec.height, : rec.width].clamp(-1, 1)
 
-    def decompress(self, data: bytes) -> torch.Tensor:
-        """The bytes of a onedc file -> the decoded image (3, H, W) in [-1, 1]."""
-        return self.render(self.decode_latents(data))
+    def decompress(self, data: bytes, max_pixels: int | None = None) -> torch.Tensor:
+        """The bytes of a onedc file -> the decoded image (3, H, W) in [-1, 1]. `max_pixels`:
+        see `decode_latents`."""
+        return self.render(self.decode_latents(data, max_pixels))
 
 
 def build_code_predictor(config: ModelConfig) -> CodePredictor:

@@ -4,6 +4,8 @@
 #   2. Stage II training throughput and memory, full size, batch 8 x 512^2, bf16
 #   3. full-size encode / decode time and decode memory at 512^2 and 1024^2 (bf16)
 #   4. Stage I training throughput and memory, full size, batch 8 x 512^2, bf16
+#   5. the size guard's CUDA coefficients: full-size encode / decode time and peak memory at
+#      512^2 to 2048^2 (bf16), fitted as in configs/limits.yaml (docs/bitstream.md, "Size limits")
 # Random full-size weights (--random-weights): the compute is that of the real models.
 # Usage: bash scripts/gpu_checks.sh [LOG_DIR]; each step has its own time limit and log.
 set -uo pipefail
@@ -24,3 +26,4 @@ step cuda_tests 180 $PY -m pytest -q -p no:cacheprovider tests/test_fresh_proces
 step stage2 300 $PY scripts/bench_train.py --stage 2 experiment=stage2 --size 512 --batch 8 --steps 10 --warmup 2 --random-weights
 step codec 240 $PY -m onedc.eval complexity --model onedc_sd15 --sizes 512 1024 --repeat 3 --device cuda
 step stage1 240 $PY scripts/bench_train.py experiment=stage1 --size 512 --batch 8 --steps 5 --warmup 2 --random-weights
+step costs 420 $PY scripts/measure_costs.py --model onedc_sd15 --device cuda --precision bf16 --sizes 512 1024 2048 --json "$LOG/costs_sd15_cuda.json"
