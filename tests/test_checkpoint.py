@@ -1,5 +1,6 @@
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +36,25 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tiny_model, tmp_path, monk
     monkeypatch.setattr("onedc.model.save_file", explode)
     with pytest.raises(WriteError, match=r"cannot write .*ckpt: OSError: disk full; .* MB free on the filesystem of .* is unchanged"):
         tiny_model.save_pretrained(tmp_path / "ckpt")
+    assert OneDC.from_pretrained(tmp_path / "ckpt").identity == tiny_model.identity
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_a_failed_rename_puts_the_previous_checkpoint_back(tiny_model, fitted_model, tmp_path, monkeypatch):
+    import os
+
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".ckpt.tmp-"):  # the new folder onto the final name
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(WriteError, match="No space left on device"):
+        fitted_model.save_pretrained(tmp_path / "ckpt")
+    monkeypatch.undo()
     assert OneDC.from_pretrained(tmp_path / "ckpt").identity == tiny_model.identity
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 

@@ -21,6 +21,7 @@ from onedc.eval.datasets import Setting
 from onedc.eval.runner import MetricSuite, evaluate
 from onedc.train import checkpoints
 from onedc.train.config import compose
+from onedc.train.loop import _truncate_log
 from onedc.train.stage1 import Stage1Trainer
 from onedc.train.stage2 import Stage2Trainer
 
@@ -150,6 +151,13 @@ def test_a_full_disk_at_a_stage2_guidance_write_keeps_the_previous_checkpoint(st
         checkpoints.save(trainer.accelerator, root, 2, state(2), keep_last=1)
     assert [p.name for p in root.iterdir()] == ["step_0000001"]
     checkpoints.verify(root / "step_0000001")
+
+
+def test_a_log_line_torn_by_a_full_disk_is_dropped_on_resume(tmp_path):
+    log = tmp_path / "train_rank0.jsonl"
+    log.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+    _truncate_log(log, 2)
+    assert log.read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n'
 
 
 def test_resume_names_a_corrupt_file_and_the_newest_good_checkpoint(stage1, tmp_path):
