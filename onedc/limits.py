@@ -1,12 +1,11 @@
 """Size limits: the decompression-bomb guard.
 
-A .onedc file (or an image) declares its size before anything is decoded, and a 30 KB file can
-declare 65535 x 65535. Coding costs time and memory in proportion to the pixels the model
-computes on (the size padded to multiples of 64), and time also in their square (global
-self-attention in the generator). Before anything is allocated from a declared size,
-`check_size` estimates both on the chosen device from per-pixel coefficients measured by
-`scripts/measure_costs.py` (configs/limits.yaml) and raises `SizeLimitError`, naming the size,
-the estimate and the override, when
+A .onedc file (or an image) declares its size before anything is decoded, and a 29 KB file can
+declare 8192 x 8192. Coding costs time and memory in proportion to the pixels the model computes
+on (the size padded to multiples of 64), and, through self-attention, also in their square.
+Before anything is allocated from a declared size, `check_size` estimates both on the chosen
+device from per-pixel coefficients measured by `scripts/measure_costs.py` (configs/limits.yaml)
+and raises `SizeLimitError`, naming the size, the estimate and the override, when
 
 * the padded size exceeds `max_pixels` (default: `max_pixels` in configs/limits.yaml), or
 * with the default limit, the estimated peak memory exceeds the memory the device has available
