@@ -46,7 +46,9 @@ ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "could not crea
 
 # ------------------------------------------------------------------------------ the container
 # The layout of docs/bitstream.md, read independently of onedc.bitstream (so a reader bug is not
-# mirrored here): magic, version, n, name, lambda f32, digest 4, H u16, W u16, L_y u32, y, z, CRC.
+# mirrored here): magic, version, [flags: version 2], n, name, lambda f32, digest 4, H u16, W u16,
+# [L_y u32, y: absent in z-only files], z, CRC.
+Z_ONLY = 0x01  # flags bit of version 2
 
 
 @dataclass(frozen=True)
@@ -54,23 +56,30 @@ class Layout:
     """Offsets of one valid file's fields."""
 
     data: bytes
-    name_at: int  # the name starts here; its length byte is just before
-    tail_at: int  # lambda, digest, H, W, L_y
+    n_at: int  # the name's length byte; the name follows it
+    tail_at: int  # lambda, digest, H, W
+    y_length_at: int | None  # None: a z-only file
     y_at: int
     z_at: int
     crc_at: int
 
     @classmethod
     def parse(cls, data: bytes) -> "Layout":
-        n = data[5]
-        tail_at = 6 + n
-        y_at = tail_at + 16
+        version = data[4]
+        n_at = 5 if version == 1 else 6
+        tail_at = n_at + 1 + data[n_at]
+        if version >= 2 and data[5] & Z_ONLY:
+            return cls(data, n_at, tail_at, None, tail_at + 12, tail_at + 12, len(data) - 4)
         (y_length,) = struct.unpack_from(">I", data, tail_at + 12)
-        return cls(data, 6, tail_at, y_at, y_at + y_length, len(data) - 4)
+        return cls(data, n_at, tail_at, tail_at + 12, tail_at + 16, tail_at + 16 + y_length, len(data) - 4)
 
     @property
     def body(self) -> bytes:
         return self.data[: self.crc_at]
+
+    @property
+    def name_at(self) -> int:
+        return self.n_at + 1
 
 
 def with_crc(body: bytes) -> bytes:
@@ -105,15 +114,24 @@ def m_version(rng, s, seeds):
     return with_crc(replace(s.body, 4, bytes([rng.choice([0, 2, 3, 255, rng.randrange(256)])])))
 
 
+def m_flags(rng, s, seeds):
+    """Another flags byte (a version-1 file gets one, and version 2): unknown bits, or z-only
+    set on a file with a y stream and cleared on one without."""
+    flags = bytes([rng.choice([0, Z_ONLY, 2, 0x80, 0xFF, rng.randrange(256)])])
+    if s.data[4] == 1:
+        return with_crc(s.body[:4] + b"\x02" + flags + s.body[5:])
+    return with_crc(replace(s.body, 5, flags))
+
+
 def m_name_length(rng, s, seeds):
-    return with_crc(replace(s.body, 5, bytes([rng.choice([0, 1, 255, rng.randrange(256)])])))
+    return with_crc(replace(s.body, s.n_at, bytes([rng.choice([0, 1, 255, rng.randrange(256)])])))
 
 
 def m_name_bytes(rng, s, seeds):
     name_length = s.tail_at - s.name_at
     if rng.random() < 0.3:  # another model's name, the length byte kept consistent
         name = rng.choice([b"onedc_sd15", b"onedc_tin", b"onedc_tiny_", b"x"])
-        return with_crc(s.body[:5] + bytes([len(name)]) + name + s.body[s.tail_at:])
+        return with_crc(s.body[: s.n_at] + bytes([len(name)]) + name + s.body[s.tail_at:])
     return with_crc(replace(s.body, s.name_at + rng.randrange(name_length), bytes([rng.randrange(256)])))
 
 
@@ -142,20 +160,24 @@ def m_size_bomb(rng, s, seeds):
     if z_length > 8 << 20:  # keep the corpus small: such sizes are refused by their size anyway
         z_length = rng.randint(0, 64)
     z = bytes(z_length) if rng.random() < 0.5 else rng.randbytes(z_length)
+    header = replace(s.body[: s.tail_at + 8], s.tail_at + 8, struct.pack(">HH", height, width))
+    if s.y_length_at is None:
+        return with_crc(header + z)
     y = s.data[s.y_at: s.z_at] if rng.random() < 0.7 else rng.randbytes(rng.randint(0, 2))  # or too short for the size
-    header = replace(s.body[: s.y_at], s.tail_at + 8, struct.pack(">HHI", height, width, len(y)))
-    return with_crc(header + y + z)
+    return with_crc(header + struct.pack(">I", len(y)) + y + z)
 
 
 def m_y_length(rng, s, seeds):
-    (old,) = struct.unpack_from(">I", s.body, s.tail_at + 12)
+    s = with_y(rng, s, seeds)
+    (old,) = struct.unpack_from(">I", s.body, s.y_length_at)
     value = rng.choice([0, 1, 2**32 - 1, old + rng.randint(-8, 8), rng.randrange(2**32)]) % 2**32
-    return with_crc(replace(s.body, s.tail_at + 12, struct.pack(">I", value)))
+    return with_crc(replace(s.body, s.y_length_at, struct.pack(">I", value)))
 
 
 def m_y_stream(rng, s, seeds):
     """A new y stream of another length (random, constant, or far longer than any image of the
     declared size can fill), its length field consistent."""
+    s = with_y(rng, s, seeds)
     y_length, kind = s.z_at - s.y_at, rng.random()
     if kind < 0.7:
         y = rng.randbytes(rng.randint(0, 2 * y_length + 8))
@@ -163,7 +185,12 @@ def m_y_stream(rng, s, seeds):
         y = bytes([rng.choice([0, 255])]) * rng.randint(0, 64)
     else:
         y = rng.randbytes(rng.randint(2000, 20000))
-    return with_crc(s.body[: s.tail_at + 12] + struct.pack(">I", len(y)) + y + s.data[s.z_at: s.crc_at])
+    return with_crc(s.body[: s.y_length_at] + struct.pack(">I", len(y)) + y + s.data[s.z_at: s.crc_at])
+
+
+def with_y(rng, s, seeds) -> Layout:
+    """`s`, or a seed with a y stream if `s` is z-only (and one exists)."""
+    return s if s.y_length_at is not None else next((t for t in rng.sample(seeds, len(seeds)) if t.y_length_at is not None), s)
 
 
 def m_truncate(rng, s, seeds):
@@ -187,10 +214,12 @@ def m_flip_header(rng, s, seeds):
 
 
 def m_flip_y(rng, s, seeds):
+    s = with_y(rng, s, seeds)
     return flip_bits(s.data, s.y_at, s.z_at, rng)
 
 
 def m_flip_y_crc(rng, s, seeds):
+    s = with_y(rng, s, seeds)
     return with_crc(flip_bits(s.body, s.y_at, s.z_at, rng))
 
 
@@ -218,7 +247,7 @@ def m_random(rng, s, seeds):
 
 
 MUTATIONS = {
-    "magic": m_magic, "version+crc": m_version, "name length+crc": m_name_length, "name bytes+crc": m_name_bytes,
+    "magic": m_magic, "version+crc": m_version, "flags+crc": m_flags, "name length+crc": m_name_length, "name bytes+crc": m_name_bytes,
     "lambda+crc": m_lambda, "digest+crc": m_digest, "size+crc": m_size, "size bomb+crc": m_size_bomb,
     "y length+crc": m_y_length, "y stream+crc": m_y_stream, "truncate": m_truncate, "extend": m_extend,
     "splice": m_splice, "flip header": m_flip_header, "flip y": m_flip_y, "flip y+crc": m_flip_y_crc,
