@@ -6,7 +6,7 @@ with a memory and a time limit; every case must decode or be refused with a oned
 Seed files are valid files of the model (`--seeds DIR` of .onedc files, or made from the
 scikit-image photos). Case i applies mutation number i mod (number of mutations), with a random
 generator seeded by (seed, i), so any case can be rebuilt alone. The mutations cover every field
-of the container (magic, version, name length and bytes, lambda, digest, sizes, stream lengths,
+of the container (magic, version, flags, name length and bytes, lambda, digest, sizes, stream lengths,
 CRC), truncation and extension, splices of two seeds, bit flips in each stream with and without
 a repaired CRC, re-headed sizes with a z stream of the declared length (the decompression bomb),
 and random bytes. Outcomes: "refused" (a onedc error: which one, with its message's pattern),
