@@ -2,7 +2,7 @@
 
 from .bitstream import ModelIdentity
 from .config import ModelConfig, load_model_config
-from .errors import BitstreamError, CheckpointError, ConfigError, ImageError, OneDCError, WeightsError
+from .errors import BitstreamError, CheckpointError, ConfigError, ImageError, OneDCError, SizeLimitError, WeightsError, WriteError
 
 __version__ = "0.1.0"
 
@@ -16,7 +16,9 @@ __all__ = [
     "ModelIdentity",
     "OneDC",
     "OneDCError",
+    "SizeLimitError",
     "WeightsError",
+    "WriteError",
     "load_model_config",
 ]
 

@@ -13,6 +13,15 @@ from .errors import OneDCError
 
 PROGRAM = "onedc"
 TINY_DEFAULT = "onedc_tiny"
+MAX_PIXELS_HELP = ("largest image to code, in pixels after padding to multiples of 64; default: max_pixels of "
+                   "configs/limits.yaml (4096x4096), and the estimated memory must fit the device; a given N alone applies")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text}")
+    return value
 
 
 def _load_model(args: argparse.Namespace, model: str | None, default_model: str, decoding: bool = False):
@@ -55,11 +64,11 @@ def cmd_compress(args: argparse.Namespace) -> None:
     source, output = Path(args.input), Path(args.output)
     if source.is_dir():
         return _compress_folder(source, output, args)
-    x, notes = load_image(source)
+    x, notes = load_image(source, args.max_pixels)
     for note in notes:
         print(f"onedc: note: {source}: {note}", file=sys.stderr)
     net = _load_model(args, args.model, TINY_DEFAULT)
-    data = net.compress(x)
+    data = net.compress(x, args.max_pixels)
     with atomic_file(output) as tmp:
         tmp.write_bytes(data)
     h, w = x.shape[-2:]
@@ -82,7 +91,7 @@ def _compress_folder(source: Path, output: Path, args: argparse.Namespace) -> No
     net = _load_model(args, args.model, TINY_DEFAULT)
 
     def load(path: Path):
-        x, notes = load_image(path)
+        x, notes = load_image(path, args.max_pixels)
         for note in notes:
             print(f"onedc: note: {path}: {note}", file=sys.stderr)
         return x
@@ -90,7 +99,7 @@ def _compress_folder(source: Path, output: Path, args: argparse.Namespace) -> No
     total = 0
     with _progress(len(paths), "image") as bar:
         for batch in _batches(paths, sizes.get, args.batch):
-            for path, data in zip(batch, net.compress([load(p) for p in batch])):
+            for path, data in zip(batch, net.compress([load(p) for p in batch], args.max_pixels)):
                 with atomic_file(output / f"{path.stem}.onedc") as tmp:
                     tmp.write_bytes(data)
                 total += len(data)
@@ -117,6 +126,7 @@ def cmd_decompress(args: argparse.Namespace) -> None:
 
     from . import bitstream
     from .config import model_config_names
+    from .limits import check_size
 
     source, output = Path(args.input), Path(args.output)
     if source.is_dir():
@@ -129,8 +139,9 @@ def cmd_decompress(args: argparse.Namespace) -> None:
     header, _, _ = bitstream.read(data)
     if not args.checkpoint and header.model.name not in model_config_names():
         raise OneDCError(f"{source} was written by {header.model.describe()}: pass its --checkpoint")
+    check_size(header.model.name, "decompress", header.height, header.width, args.device or default_device(), args.max_pixels)  # before loading the model
     net = _load_model(args, None, header.model.name, decoding=True)  # without --checkpoint: the config the file names
-    rec = net.decode_latents(data)
+    rec = net.decode_latents(data, args.max_pixels)
     if latents_only:
         from safetensors.torch import save_file
 
@@ -170,11 +181,15 @@ def _decompress_folder(source: Path, output: Path, args: argparse.Namespace) -> 
     if len(models) > 1:
         raise OneDCError(f"{source} holds files of {len(models)} models ({'; '.join(sorted(models))}): decode one model's files at a time")
     model_name = next(iter(headers.values())).model.name
+    from .limits import check_size
+
+    for header in headers.values():  # before loading the model
+        check_size(model_name, "decompress", header.height, header.width, args.device or default_device(), args.max_pixels)
     net = _load_model(args, None, model_name, decoding=True)
     paths.sort(key=lambda p: (headers[p].height, headers[p].width))
     with _progress(len(paths), "image") as bar:
         for batch in _batches(paths, lambda p: (headers[p].height, headers[p].width), args.batch):
-            for path, image in zip(batch, net.decompress([_read(p) for p in batch])):
+            for path, image in zip(batch, net.decompress([_read(p) for p in batch], args.max_pixels)):
                 with atomic_file(output / f"{path.stem}.png") as tmp:
                     save_image(image, tmp, format="PNG")
             bar.update(len(batch))
@@ -254,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + onedc.json)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_weights_argument(p)
+    p.add_argument("--max-pixels", type=_positive, metavar="N", help=MAX_PIXELS_HELP)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="decode a .onedc file")
@@ -264,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint folder of the model that wrote the file")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_weights_argument(p)
+    p.add_argument("--max-pixels", type=_positive, metavar="N", help=MAX_PIXELS_HELP)
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("info", help="print the parameter counts of a model config")

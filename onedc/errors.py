@@ -29,3 +29,13 @@ class WeightsError(OneDCError):
 
 class RunInUseError(OneDCError):
     """A training run folder is locked by another running job."""
+
+
+class SizeLimitError(OneDCError):
+    """An image or a file declares a size above the limit (`max_pixels`, `--max-pixels`), or
+    one whose estimated memory exceeds what the device has available."""
+
+
+class WriteError(OneDCError):
+    """A file or folder could not be written (full disk, quota, permissions); the previous
+    version under that name is intact."""

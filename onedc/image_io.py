@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -26,22 +27,37 @@ def _png_bit_depth(path: Path) -> int | None:
     return None
 
 
-def load_image(path: str | Path) -> tuple[torch.Tensor, list[str]]:
-    """Read an image file as RGB; returns (x (3, H, W) in [-1, 1], conversion notes)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"no such image file: {path}")
-    notes: list[str] = []
+def open_image(source: str | Path | BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file (a path or a binary file object) with Pillow, refusing decompression
+    bombs before decoding: more than `max_pixels` pixels (when given), or more than Pillow's own
+    limit (`PIL.Image.MAX_IMAGE_PIXELS`, 89,478,485 by default: Pillow only warns up to twice
+    that). ImageError naming `name` for those and for unreadable files."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
+                if max_pixels is not None and im.width * im.height > max_pixels:
+                    raise ImageError(f"{name} is {im.width}x{im.height} = {im.width * im.height:,} pixels, above the limit of "
+                                     f"{max_pixels:,} (a decompression bomb?); if you trust it, raise the limit: --max-pixels "
+                                     f"{im.width * im.height}")
                 im.load()
-                array, notes = _to_rgb8(im, notes)
+                return im
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path} is not a readable image: {e}") from e
+        raise ImageError(f"{name} is not a readable image: {e}") from e
     except OSError as e:
-        raise ImageError(f"cannot read image {path}: {e}") from e
+        raise ImageError(f"cannot read image {name}: {e}") from e
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Read an image file as RGB; returns (x (3, H, W) in [-1, 1], conversion notes).
+    ImageError above `max_pixels` pixels (None: the default limit of configs/limits.yaml)."""
+    from .limits import default_max_pixels
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"no such image file: {path}")
+    im = open_image(path, str(path), default_max_pixels() if max_pixels is None else max_pixels)
+    array, notes = _to_rgb8(im, [])
     if _png_bit_depth(path) == 16 and not any("16-bit" in n for n in notes):
         notes.append("16-bit PNG reduced to 8 bits per channel")
     x = torch.tensor(array).permute(2, 0, 1).float() / 127.5 - 1.0

@@ -11,7 +11,8 @@ Checkpoint folder (written atomically by `save_pretrained`):
     frozen.safetensors  optional: frozen weights bundled with the checkpoint (an imported
                         official release carries its DMD2 U-Net base)
     onedc.json          {"format", "format_version", "model_config", "lmbda", "weights_digest",
-                        "frozen_digest" (with frozen.safetensors)}
+                        "frozen_digest" (with frozen.safetensors), "checksum" (SHA-256 of the
+                        other entries as canonical JSON)}
 Frozen parts (the U-Net base and the VAE) are not stored: they come from their own source
 (the seeded initialisation of an untrained config; the DMD2 U-Net and SD2.1 VAE at full size,
 found as `onedc weights check` finds them): `OneDC.from_pretrained` loads all of it.
@@ -28,22 +29,24 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from . import bitstream
 from .atomic import atomic_directory
+from .checksums import json_checksum
 from .bitstream import DIGEST_BYTES, MAX_SIDE, Header, ModelIdentity
 from .codec import LatentCodec
 from .config import ModelConfig, model_config_from_dict
 from .errors import BitstreamError, CheckpointError, ConfigError, ImageError
 from .codec.code_predictor import CodePredictor
+from .codec.stream_limits import stream_bounds
 from .codec.semantic import tokens
 from .profiling import stage
 from .generator.one_step_unet import OneStepGenerator, is_trainable
 from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
+from .limits import check_size
 from .state_dicts import check_keys
 from .weights import load_frozen_weights
 
@@ -66,6 +69,7 @@ OFFICIAL_REDUCTION_EPS = 1.0e-6
 WEIGHTS_FILE = "model.safetensors"
 FROZEN_FILE = "frozen.safetensors"
 METADATA_FILE = "onedc.json"
+METADATA_KEYS = {"format", "format_version", "model_config", "lmbda", "weights_digest", "frozen_digest", "checksum"}
 
 
 @dataclass
@@ -107,6 +111,7 @@ def write_checkpoint(folder: Path, config: ModelConfig, lmbda: float | None, tra
         frozen = {k: v.detach().cpu().contiguous() for k, v in frozen.items()}
         save_file(frozen, folder / FROZEN_FILE, metadata={"format": "pt"})
         meta["frozen_digest"] = tensor_digest(frozen).hex()
+    meta["checksum"] = json_checksum(meta)
     (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2))
 
 
@@ -123,6 +128,29 @@ def upgrade_format_1(meta: dict) -> None:
     if meta.get("frozen_digest"):
         config.setdefault("generator", {})["reduction_eps"] = OFFICIAL_REDUCTION_EPS
     meta["format_version"] = CHECKPOINT_VERSION
+
+
+def read_metadata(path: Path) -> dict:
+    """A checkpoint's onedc.json, checked: valid JSON, known keys, its checksum (files written
+    before the checksum existed have none), format 1 (upgraded) or this format. CheckpointError naming the check."""
+    try:
+        meta = json.loads(path.read_text())
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}): the file is corrupt or truncated") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is not a onedc checkpoint (format version {CHECKPOINT_VERSION})")
+    unknown = sorted(set(meta) - METADATA_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: unexpected entries {unknown}: the file is corrupt or written by a newer onedc")
+    if "checksum" in meta and meta["checksum"] != json_checksum(meta):
+        raise CheckpointError(f"{path}: checksum mismatch: the file is corrupt or was edited")
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") not in (1, CHECKPOINT_VERSION):
+        raise CheckpointError(f"{path} is not a onedc checkpoint (format version 1 or {CHECKPOINT_VERSION})")
+    if meta["format_version"] == 1:
+        upgrade_format_1(meta)
+    return meta
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "replicate") -> torch.Tensor:
@@ -188,27 +216,17 @@ class OneDC(nn.Module):
         for required in (meta_path, weights_path):
             if not required.is_file():
                 raise CheckpointError(f"incomplete checkpoint {path}: {required.name} is missing")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read {meta_path}: {e}") from e
-        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") not in (1, CHECKPOINT_VERSION):
-            raise CheckpointError(f"{meta_path} is not a onedc checkpoint (format version 1 or {CHECKPOINT_VERSION})")
-        if meta["format_version"] == 1:
-            upgrade_format_1(meta)
+        meta = read_metadata(meta_path)
         try:
             config = model_config_from_dict(meta["model_config"], source=str(meta_path))
         except (KeyError, ConfigError) as e:
             raise CheckpointError(f"{meta_path} holds no valid model config: {e}") from e
+        state = load_safetensors(weights_path, error=CheckpointError)
         model = cls.untrained(config)
         model.lmbda = meta.get("lmbda")
-        try:
-            state = load_file(weights_path)
-        except (OSError, SafetensorError) as e:
-            raise CheckpointError(f"cannot read {weights_path}: {e}") from e
         model.load_trainable_state_dict(state, source=str(weights_path))
         if model.weights_digest().hex() != meta.get("weights_digest"):
-            raise CheckpointError(f"{weights_path} does not match the digest recorded in {meta_path.name} (corrupt or replaced file)")
+            raise CheckpointError(f"{weights_path}: digest mismatch with {meta_path.name}: the file is corrupt or was replaced")
         if meta.get("frozen_digest"):
             model.load_bundled_frozen(path / FROZEN_FILE, meta["frozen_digest"])
         return model
@@ -216,12 +234,9 @@ class OneDC(nn.Module):
     def load_bundled_frozen(self, path: Path, digest: str) -> None:
         """Frozen weights shipped inside a checkpoint (e.g. the DMD2 U-Net base of an imported
         official release): a subset of the frozen keys, each with its shape."""
-        try:
-            state = load_file(path)
-        except (OSError, SafetensorError) as e:
-            raise CheckpointError(f"cannot read {path}: {e}") from e
+        state = load_safetensors(path, error=CheckpointError)
         if tensor_digest(state).hex() != digest:
-            raise CheckpointError(f"{path} does not match the digest recorded in {METADATA_FILE} (corrupt or replaced file)")
+            raise CheckpointError(f"{path}: digest mismatch with {METADATA_FILE}: the file is corrupt or was replaced")
         trainable = self.trainable_state_dict()
         frozen = {k: v.shape for k, v in self.state_dict().items() if k not in trainable}
         unknown = sorted(set(state) - set(frozen))
@@ -303,23 +318,24 @@ class OneDC(nn.Module):
         return pad_to_multiple(x, self.config.image_multiple, self.config.image_padding)
 
     @torch.no_grad()
-    def encode(self, image: torch.Tensor) -> tuple[bytes, LatentReconstruction]:
+    def encode(self, image: torch.Tensor, max_pixels: int | None = None) -> tuple[bytes, LatentReconstruction]:
         """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> (the bytes of a onedc file, the
-        latent reconstruction the decoder will produce from them)."""
-        files, y_hat, indices, (height, width) = self._encode_batch([image])
+        latent reconstruction the decoder will produce from them). `max_pixels`: see `decode_latents`."""
+        files, y_hat, indices, (height, width) = self._encode_batch([image], max_pixels)
         with stage("h_sem"):
             c = self.codec.semantic(indices)
         return files[0], LatentReconstruction(y_hat, c, height, width, self.identity)
 
     @torch.no_grad()
-    def compress(self, images: torch.Tensor | list[torch.Tensor]) -> bytes | list[bytes]:
+    def compress(self, images: torch.Tensor | list[torch.Tensor], max_pixels: int | None = None) -> bytes | list[bytes]:
         """One image (3, H, W) or (1, 3, H, W) in [-1, 1] -> the bytes of a onedc file; a list of
-        images of one size -> a list of files, each identical to the one the image alone gives."""
+        images of one size -> a list of files, each identical to the one the image alone gives.
+        `max_pixels`: see `decode_latents`."""
         if isinstance(images, (list, tuple)):
-            return self._encode_batch(list(images))[0] if images else []
-        return self._encode_batch([images])[0][0]
+            return self._encode_batch(list(images), max_pixels)[0] if images else []
+        return self._encode_batch([images], max_pixels)[0][0]
 
-    def _encode_batch(self, images: list[torch.Tensor]) -> tuple[list[bytes], torch.Tensor, torch.Tensor, tuple[int, int]]:
+    def _encode_batch(self, images: list[torch.Tensor], max_pixels: int | None = None) -> tuple[list[bytes], torch.Tensor, torch.Tensor, tuple[int, int]]:
         """Files, y_hat (B, Cy, h, w), FSQ indices (B, h/4, w/4) and the original size of images
         of one size. The float networks (VAE encoder, g_a, h_enc) see one image at a time, so
         that a batch cannot move y by a rounding and change a file; the exact entropy networks
@@ -330,6 +346,7 @@ class OneDC(nn.Module):
             raise ImageError(f"a batch holds images of one size; got {sorted({tuple(x.shape[-2:]) for x in xs})}")
         if height > MAX_SIDE or width > MAX_SIDE:
             raise ImageError(f"images up to {MAX_SIDE} pixels per side are supported, got {height}x{width}")
+        check_size(self.config.name, "compress", height, width, self.device, max_pixels)
         ys, indices = [], []
         for x in xs:
             padded = self.pad(x.to(self.device))
@@ -365,12 +382,15 @@ class OneDC(nn.Module):
         return {"y": float(bits["y"][0]), "y_official": float(bits.get("y_official", bits["y"])[0]), "z": float(bits["z"][0])}
 
     @torch.no_grad()
-    def decode_latents(self, data: bytes) -> LatentReconstruction:
+    def decode_latents(self, data: bytes, max_pixels: int | None = None) -> LatentReconstruction:
         """The bytes of a onedc file -> its latent reconstruction. BitstreamError if the file
-        is corrupt or was written by another model."""
-        return self._decode_latents([data])
+        is corrupt or was written by another model; SizeLimitError, before anything is
+        allocated, if its image is larger than `max_pixels` (None: the default limit of
+        configs/limits.yaml, 4096 x 4096, and the memory the device has available; see
+        onedc.limits)."""
+        return self._decode_latents([data], max_pixels)
 
-    def _decode_latents(self, files: list[bytes]) -> LatentReconstruction:
+    def _decode_latents(self, files: list[bytes], max_pixels: int | None = None) -> LatentReconstruction:
         """Files of this model and one image size -> their latent reconstruction, batched
         (y_hat (B, ...), c (B, ...)); the streams decode in parallel threads."""
         with stage("container_z"):
@@ -387,13 +407,25 @@ class OneDC(nn.Module):
                 raise BitstreamError(f"{kind}, but {self.config.name} {'is' if self.config.codec.z_only else 'is not'} a z-only model")
             if (other.height, other.width) != (header.height, header.width):
                 raise BitstreamError(f"a batch decodes files of one image size; got {header.width}x{header.height} and {other.width}x{other.height}")
+        check_size(self.config.name, "decompress", header.height, header.width, self.device, max_pixels)
         m = self.config.image_multiple
         shape = (math.ceil(header.height / m), math.ceil(header.width / m))
         strings = {"z": [z for _, _, z in parsed]}
         if not header.z_only:
             strings["y"] = [y for _, y, _ in parsed]
+            self._check_y_streams(strings["y"], shape)
         out = self.codec.decompress(strings, shape)
         return LatentReconstruction(out["y_hat"], out["c"], header.height, header.width, header.model)
+
+    def _check_y_streams(self, y_streams: list[bytes], shape: tuple[int, int]) -> None:
+        """BitstreamError before decoding if a y stream's length cannot hold the symbols of a
+        latent of `shape` (in image_multiple units), by the bounds of the coder's tables."""
+        m = self.config.image_multiple
+        y_stride = 2 * self.config.codec.analysis.patch_size  # g_a: patchify, then a stride-2 conv
+        y_symbols = self.config.codec.y_channels * (shape[0] * m // y_stride) * (shape[1] * m // y_stride)
+        bounds = stream_bounds(self.codec.coder.tables, self.config.codec.entropy.max_symbol)
+        for y_stream in y_streams:
+            bounds.check(y_symbols, len(y_stream))
 
     @torch.no_grad()
     def render(self, rec: LatentReconstruction) -> torch.Tensor:
@@ -411,15 +443,16 @@ class OneDC(nn.Module):
         x_hat = x_hat[:, :, : rec.height, : rec.width].clamp(-1, 1)
         return x_hat[0] if x_hat.shape[0] == 1 else x_hat
 
-    def decompress(self, data: bytes | list[bytes]) -> torch.Tensor | list[torch.Tensor]:
+    def decompress(self, data: bytes | list[bytes], max_pixels: int | None = None) -> torch.Tensor | list[torch.Tensor]:
         """The bytes of a onedc file -> the decoded image (3, H, W) in [-1, 1]; a list of files
-        of this model and one image size -> a list of images, decoded as one batch."""
+        of this model and one image size -> a list of images, decoded as one batch.
+        `max_pixels`: see `decode_latents`."""
         if isinstance(data, (list, tuple)):
             if not data:
                 return []
-            images = self.render(self._decode_latents(list(data)))
+            images = self.render(self._decode_latents(list(data), max_pixels))
             return [images] if len(data) == 1 else list(images)
-        return self.render(self._decode_latents([data]))
+        return self.render(self._decode_latents([data], max_pixels))
 
     # ----------------------------------------------------------------- inference setup
     @property

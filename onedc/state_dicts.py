@@ -19,20 +19,32 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         names = DIFFUSERS_WEIGHT_FILES + TRANSFORMERS_WEIGHT_FILES
         path = next((path / f for f in names if (path / f).is_file()), path / names[0])
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
+    if path.suffix == ".safetensors":
+        state = load_safetensors(path)
+    else:
+        try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unreadable, truncated or not a state dict: one clear message
-        raise WeightsError(f"cannot read weights {path}: {e}") from e
+        except Exception as e:  # unreadable, truncated or not a state dict: one clear message
+            raise WeightsError(f"cannot read weights {path}: {e}") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise WeightsError(f"{path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_safetensors(path: Path, error: type[OneDCError] = WeightsError) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or `error` naming the file and the check that failed
+    (missing, unreadable, or its header inconsistent with the file: truncated or corrupt)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except SafetensorError as e:
+        raise error(f"{path}: safetensors header check failed ({e}): the file is truncated or corrupt") from e
+    except OSError as e:
+        raise error(f"cannot read {path}: {e}") from e
 
 
 def check_keys(

@@ -8,6 +8,8 @@
 #                    weights vs activations
 #     codec_compile  the same decode with --compile at 1024^2, compile time reported apart
 #     codec_batch    batched coding throughput at 512^2, batch 1, 8, 16 (images/s)
+#     codec_costs    the size guard's CUDA coefficients: full-size encode / decode time and peak
+#                    memory at 512^2 to 2048^2 (bf16), fitted as in configs/limits.yaml
 #   train part (about 9 minutes): Stage I and Stage II throughput, peak memory and per-component
 #     profile, full size, bf16, batch 8 x 512^2, with the earlier settings ("before": no speed
 #     setting, optimizer.fused=false) and with the speed settings (fused AdamW, the default now,
@@ -38,6 +40,7 @@ if [ "$PART" = codec ] || [ "$PART" = all ]; then
   step codec_eager 150 $PY -m onedc.eval complexity --model onedc_sd15 --sizes 512 1024 --repeat 5 --device cuda --json "$LOG/codec_eager.json"
   step codec_compile 200 $PY -m onedc.eval complexity --model onedc_sd15 --sizes 1024 --repeat 5 --device cuda --compile --json "$LOG/codec_compile.json"
   step codec_batch 100 $PY scripts/bench_codec.py --model onedc_sd15 --size 512x512 --batch 1 8 16 --images 16 --repeat 2 --device cuda --json "$LOG/codec_batch.json"
+  step codec_costs 420 $PY scripts/measure_costs.py --model onedc_sd15 --device cuda --precision bf16 --sizes 512 1024 2048 --json "$LOG/costs_sd15_cuda.json"
 fi
 if [ "$PART" = train ] || [ "$PART" = all ]; then
   BENCH="$PY scripts/bench_train.py --random-weights --size 512 --batch 8"

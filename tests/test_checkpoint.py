@@ -1,10 +1,13 @@
 import json
+import random
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from onedc import CheckpointError, OneDC
+from onedc import CheckpointError, OneDC, WriteError
+from onedc.model import read_metadata
 
 
 def test_save_and_load_round_trip(fitted_model, tmp_path):
@@ -31,8 +34,27 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tiny_model, tmp_path, monk
         raise OSError("disk full")
 
     monkeypatch.setattr("onedc.model.save_file", explode)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=r"cannot write .*ckpt: OSError: disk full; .* MB free on the filesystem of .* is unchanged"):
         tiny_model.save_pretrained(tmp_path / "ckpt")
+    assert OneDC.from_pretrained(tmp_path / "ckpt").identity == tiny_model.identity
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_a_failed_rename_puts_the_previous_checkpoint_back(tiny_model, fitted_model, tmp_path, monkeypatch):
+    import os
+
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".ckpt.tmp-"):  # the new folder onto the final name
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(WriteError, match="No space left on device"):
+        fitted_model.save_pretrained(tmp_path / "ckpt")
+    monkeypatch.undo()
     assert OneDC.from_pretrained(tmp_path / "ckpt").identity == tiny_model.identity
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
@@ -47,7 +69,7 @@ def test_bad_checkpoints_fail_with_clear_messages(tiny_model, tmp_path):
     tampered = dict(weights)
     tampered["codec.g_s.conv_out.block.0.conv2.bias"] = tampered["codec.g_s.conv_out.block.0.conv2.bias"] + 1
     save_file(tampered, ckpt / "model.safetensors")
-    with pytest.raises(CheckpointError, match="does not match the digest"):
+    with pytest.raises(CheckpointError, match="model.safetensors: digest mismatch with onedc.json"):
         OneDC.from_pretrained(ckpt)
     # a missing and a reshaped tensor
     broken = dict(weights)
@@ -57,7 +79,7 @@ def test_bad_checkpoints_fail_with_clear_messages(tiny_model, tmp_path):
     with pytest.raises(CheckpointError, match="does not fit the model onedc_tiny: 1 missing .* 1 with other shapes"):
         OneDC.from_pretrained(ckpt)
     (ckpt / "model.safetensors").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="model.safetensors: safetensors header check failed"):
         OneDC.from_pretrained(ckpt)
     (ckpt / "onedc.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(CheckpointError, match="not a onedc checkpoint"):
@@ -111,3 +133,53 @@ def test_format_1_checkpoints_load_with_the_values_they_were_built_with(tiny_mod
     meta["format_version"] = 1
     upgrade_format_1(meta)  # ... but the config is upgraded to the official eps
     assert meta["model_config"]["generator"]["reduction_eps"] == 1e-6 and meta["format_version"] == 2
+
+def test_truncated_or_bit_flipped_checkpoint_files_are_named(tiny_model, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    tiny_model.save_pretrained(ckpt)
+    weights, meta = (ckpt / "model.safetensors").read_bytes(), (ckpt / "onedc.json").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: safetensors header check failed .* truncated or corrupt"):
+        OneDC.from_pretrained(ckpt)
+    flipped = bytearray(weights)
+    flipped[-100] ^= 0x10  # inside the last tensor's bytes
+    (ckpt / "model.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="model.safetensors: digest mismatch with onedc.json: the file is corrupt"):
+        OneDC.from_pretrained(ckpt)
+    (ckpt / "model.safetensors").write_bytes(weights)
+    # every bit flip of onedc.json is caught (JSON, unknown entry, checksum), or changes nothing it holds
+    original, rng = json.loads(meta), random.Random(0)
+    for bit in rng.sample(range(8 * len(meta)), 400):
+        corrupt = bytearray(meta)
+        corrupt[bit // 8] ^= 1 << (bit % 8)
+        (ckpt / "onedc.json").write_bytes(bytes(corrupt))
+        try:
+            assert read_metadata(ckpt / "onedc.json") == original
+        except CheckpointError as e:
+            assert str(e).startswith(str(ckpt / "onedc.json")) and any(
+                check in str(e) for check in ("not valid JSON", "checksum mismatch", "unexpected entries"))
+    # a checkpoint written before onedc.json carried its checksum still loads
+    del original["checksum"]
+    (ckpt / "onedc.json").write_text(json.dumps(original))
+    assert OneDC.from_pretrained(ckpt).identity == tiny_model.identity
+
+
+def test_corrupt_checkpoints_are_one_line_errors_in_the_commands(tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    from onedc.cli import main as onedc
+    from onedc.eval.cli import main as onedc_eval
+
+    ckpt, images = tmp_path / "ckpt", tmp_path / "images"
+    tiny_model.save_pretrained(ckpt)
+    weights = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(weights[:-7])
+    images.mkdir()
+    Image.new("RGB", (64, 64)).save(images / "a.png")
+    assert onedc(["compress", str(images / "a.png"), str(tmp_path / "a.onedc"), "--checkpoint", str(ckpt)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "model.safetensors: safetensors header check failed" in err
+    assert onedc_eval(["run", "--checkpoint", str(ckpt), "--dataset", "folder", "--root", str(images), "--metrics", "psnr",
+                       "--out", str(tmp_path / "eval")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("onedc-eval: error: ") and "model.safetensors: safetensors header check failed" in err

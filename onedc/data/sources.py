@@ -1,7 +1,8 @@
 """Image sources for training and validation: an image folder (recursive), a local Hugging
 Face dataset (arrow or parquet, e.g. a CommonCatalog shard with `jpg` and `blip2_caption`
 columns), and the scikit-image sample photos. Each maps an index to (RGB PIL image, caption)
-and raises `ImageError` for an entry that cannot be decoded.
+and raises `ImageError` for an entry that cannot be decoded or exceeds Pillow's decompression-bomb
+limit (`PIL.Image.MAX_IMAGE_PIXELS`), which training skips with a warning.
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import ConfigError, ImageError
+from ..image_io import open_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def _rgb(image: Image.Image) -> Image.Image:
-    image.load()
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -41,11 +42,7 @@ class ImageFolder:
 
     def load(self, index: int) -> tuple[Image.Image, str]:
         path = self.files[index]
-        try:
-            with Image.open(path) as im:
-                image = _rgb(im)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-            raise ImageError(f"{path}: {e}") from e
+        image = _rgb(open_image(path, str(path)))
         caption = path.with_suffix(".txt")
         return image, caption.read_text().strip() if caption.is_file() else ""
 
@@ -89,10 +86,10 @@ class HFImageDataset:
         try:
             if data is None and isinstance(value, dict) and value.get("path"):
                 data = Path(value["path"]).read_bytes()
-            with Image.open(io.BytesIO(data)) as im:
-                image = _rgb(im)
-        except (UnidentifiedImageError, OSError, TypeError, Image.DecompressionBombError) as e:
+            source = io.BytesIO(data)
+        except (OSError, TypeError) as e:
             raise ImageError(f"{self.name(index)}: {e}") from e
+        image = _rgb(open_image(source, self.name(index)))
         caption = row.get(self.caption_column) if self.caption_column else None
         return image, caption or ""
 

@@ -12,7 +12,6 @@ patch protocols (`onedc.eval.metrics.Protocol`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 from ..atomic import atomic_file
+from ..checksums import file_sha256
 from ..errors import ConfigError, OneDCError
 from ..image_io import load_image, to_uint8_tensor
 from .metrics import Protocol
@@ -172,14 +172,6 @@ def resize_center_crop(img_u8: torch.Tensor, size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(im)).permute(2, 0, 1)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def prepare_crops(paths: list[Path], size: int, cache_dir: str | Path) -> list[Path]:
     """Resize & center-crop `paths` to size x size PNGs `<cache_dir>/<stem>.png`, once.
 
@@ -205,14 +197,14 @@ def prepare_crops(paths: list[Path], size: int, cache_dir: str | Path) -> list[P
     for path, stem in zip(map(Path, paths), stems):
         target = cache_dir / f"{stem}.png"
         entry = manifest["files"].get(target.name, {})
-        source_hash = _sha256(path) if path.is_file() else None
-        fresh = (entry.get("source_sha256") == source_hash and target.is_file() and _sha256(target) == entry.get("sha256"))
+        source_hash = file_sha256(path) if path.is_file() else None
+        fresh = (entry.get("source_sha256") == source_hash and target.is_file() and file_sha256(target) == entry.get("sha256"))
         if not fresh:
             img, notes = load_u8(path)  # ImageError naming the file if it is missing or unreadable
             with atomic_file(target) as tmp:
                 Image.fromarray(resize_center_crop(img, size).permute(1, 2, 0).numpy()).save(tmp, format="PNG")
             manifest["files"][target.name] = {"source": str(path.resolve()), "source_sha256": source_hash,
-                                              "sha256": _sha256(target), "notes": notes}
+                                              "sha256": file_sha256(target), "notes": notes}
             changed = True
         out.append(target)
     if changed:

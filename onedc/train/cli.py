@@ -20,6 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from ..atomic import free_space_note
 from ..errors import OneDCError
 from .config import run_config
 from .launcher import export_torch_distributed_env
@@ -38,6 +39,9 @@ def run(cfg: DictConfig) -> None:
         state = train(settings, run_dir)
     except OneDCError as e:
         print(f"onedc-train: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # e.g. a full disk while writing the logs
+        print(f"onedc-train: error: {e}; {free_space_note(Path(HydraConfig.get().runtime.output_dir))}", file=sys.stderr)
         sys.exit(1)
     if "stopped_by" in state:  # checkpointed; the status of a process ended by that signal
         sys.exit(128 + signal.Signals[state["stopped_by"]])

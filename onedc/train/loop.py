@@ -175,8 +175,7 @@ class StageTrainer:
         state = {"step": 0, "lmbda": t.lmbda, "experiment": run.experiment_name, "best": None}
         resume = checkpoints.resolve_resume(t.resume, ckpt_root) if t.resume else None
         if resume is not None:
-            accelerator.load_state(str(resume))
-            state = checkpoints.read_trainer_state(resume)
+            state = checkpoints.restore(accelerator, resume)
             accelerator.print(f"resumed from {resume} at step {state['step']}")
 
         policies = policies_from_config(run.data.policies)
@@ -201,15 +200,6 @@ class StageTrainer:
         if accelerator.is_main_process:
             _truncate_log(logs / "validation.jsonl", state["step"])
         step_log = open(step_log_path, "a", buffering=1)  # a line per step, written as it happens
-
-        def save(step: int) -> None:
-            tmp = checkpoints.new_temporary_folder(ckpt_root, step) if accelerator.is_main_process else None
-            tmp = Path(broadcast_object_list([str(tmp)])[0])
-            accelerator.save_state(str(tmp))
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                checkpoints.finish(tmp, ckpt_root, step, state, t.keep_last)
-            accelerator.wait_for_everyone()
 
         def run_validation(step: int) -> None:
             if accelerator.is_main_process:
@@ -254,11 +244,11 @@ class StageTrainer:
                 run_validation(step)
             saved = step % t.checkpoint_every == 0 or step == t.max_steps
             if saved:
-                save(step)
+                checkpoints.save(accelerator, ckpt_root, step, state, t.keep_last)
             stopped = stop.agreed(accelerator)
             if stopped is not None and step < t.max_steps:
                 if not saved:
-                    save(step)
+                    checkpoints.save(accelerator, ckpt_root, step, state, t.keep_last)
                 state["stopped_by"] = stopped.name
                 accelerator.print(f"stopped by {stopped.name} after step {step}, checkpoint written: continue with train.resume=latest")
                 break
@@ -271,7 +261,13 @@ class StageTrainer:
 def _truncate_log(path: Path, last_step: int) -> None:
     """Keep the JSON lines of `path` whose step is at most `last_step`."""
     if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
+        lines = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= last_step:
+                    lines.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line torn by a crash or a full disk
         path.write_text("".join(line + "\n" for line in lines))
 
 
