@@ -139,7 +139,8 @@ def cmd_decompress(args: argparse.Namespace) -> None:
     header, _, _ = bitstream.read(data)
     if not args.checkpoint and header.model.name not in model_config_names():
         raise OneDCError(f"{source} was written by {header.model.describe()}: pass its --checkpoint")
-    check_size(header.model.name, "decompress", header.height, header.width, args.device or default_device(), args.max_pixels)  # before loading the model
+    device = args.device or default_device()
+    check_size(header.model.name, "decompress", header.height, header.width, device, args.max_pixels)  # before loading the model
     net = _load_model(args, None, header.model.name, decoding=True)  # without --checkpoint: the config the file names
     rec = net.decode_latents(data, args.max_pixels)
     if latents_only:

@@ -388,7 +388,8 @@ def validate(cfg: ModelConfig) -> None:
     g, gu = cfg.generator, cfg.generator.unet
     _require(
         gu.cross_attention_dim == c.semantic.channels,
-        f"generator.unet.cross_attention_dim ({gu.cross_attention_dim}) must equal codec.semantic.channels ({c.semantic.channels}): c replaces the text tokens",
+        f"generator.unet.cross_attention_dim ({gu.cross_attention_dim}) must equal codec.semantic.channels "
+        f"({c.semantic.channels}): c replaces the text tokens",
     )
     _require(gu.out_channels == v.latent_channels, "generator.unet.out_channels must equal vae.latent_channels")
     _require(
@@ -408,7 +409,8 @@ def validate(cfg: ModelConfig) -> None:
     )
     _require(p.window % 2 == 0 and p.window > 0, "distillation.predictor.window must be positive and even (shift = window / 2)")
     _require(0 <= p.position_bias_blocks <= p.blocks, "distillation.predictor.position_bias_blocks must be in [0, blocks]")
-    _require(p.head_channels % p.head_groups == 0 and c.semantic.channels % p.head_groups == 0, "distillation.predictor.head_groups must divide the head widths")
+    _require(p.head_channels % p.head_groups == 0 and c.semantic.channels % p.head_groups == 0,
+             "distillation.predictor.head_groups must divide the head widths")
     # tokens sit at 1/32: the predictor upsamples c (1/64) by 2, the tokenizer sees the image
     # downsampled by input_downsample and reduces it by 2^(levels - 1)
     _require(

@@ -34,20 +34,20 @@ from torch import nn
 
 from . import bitstream
 from .atomic import atomic_directory
-from .checksums import json_checksum
 from .bitstream import DIGEST_BYTES, MAX_SIDE, Header, ModelIdentity
+from .checksums import json_checksum
 from .codec import LatentCodec
+from .codec.code_predictor import CodePredictor
+from .codec.semantic import tokens
+from .codec.stream_limits import stream_bounds
 from .config import ModelConfig, model_config_from_dict
 from .errors import BitstreamError, CheckpointError, ConfigError, ImageError
-from .codec.code_predictor import CodePredictor
-from .codec.stream_limits import stream_bounds
-from .codec.semantic import tokens
-from .profiling import stage
 from .generator.one_step_unet import OneStepGenerator, is_trainable
 from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
 from .limits import check_size
-from .state_dicts import check_keys
+from .profiling import stage
+from .state_dicts import check_keys, load_safetensors
 from .weights import load_frozen_weights
 
 CHECKPOINT_FORMAT = "onedc-checkpoint"
@@ -335,7 +335,9 @@ class OneDC(nn.Module):
             return self._encode_batch(list(images), max_pixels)[0] if images else []
         return self._encode_batch([images], max_pixels)[0][0]
 
-    def _encode_batch(self, images: list[torch.Tensor], max_pixels: int | None = None) -> tuple[list[bytes], torch.Tensor, torch.Tensor, tuple[int, int]]:
+    def _encode_batch(
+        self, images: list[torch.Tensor], max_pixels: int | None = None
+    ) -> tuple[list[bytes], torch.Tensor, torch.Tensor, tuple[int, int]]:
         """Files, y_hat (B, Cy, h, w), FSQ indices (B, h/4, w/4) and the original size of images
         of one size. The float networks (VAE encoder, g_a, h_enc) see one image at a time, so
         that a batch cannot move y by a rounding and change a file; the exact entropy networks

@@ -45,8 +45,10 @@ def main() -> None:
         t_enc, out = timed(lambda: [f for g in groups for f in encoder.compress(images[g])], args.repeat, device)
         assert out == files, "a batch wrote other files than batch 1"
         t_dec, _ = timed(lambda: [x for g in groups for x in decoder.decompress(files[g])], args.repeat, device)
-        rows.append({"batch": batch, "compress_images_per_s": round(len(images) / t_enc, 3), "decompress_images_per_s": round(len(images) / t_dec, 3)})
-    print(f"model {args.model} (untrained), {w}x{h}, device {device}, {torch.get_num_threads()} threads, {args.images} images, median of {args.repeat}")
+        rows.append({"batch": batch, "compress_images_per_s": round(len(images) / t_enc, 3),
+                     "decompress_images_per_s": round(len(images) / t_dec, 3)})
+    print(f"model {args.model} (untrained), {w}x{h}, device {device}, {torch.get_num_threads()} threads, "
+          f"{args.images} images, median of {args.repeat}")
     print("| batch | compress images/s | decompress images/s |\n|---:|---:|---:|")
     for row in rows:
         print(f"| {row['batch']} | {row['compress_images_per_s']} | {row['decompress_images_per_s']} |")

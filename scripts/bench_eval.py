@@ -32,7 +32,7 @@ from onedc import OneDC, load_model_config
 from onedc import weights as external
 from onedc.errors import WeightsError
 from onedc.eval.datasets import load_u8, resize_center_crop
-from onedc.eval.metrics import DISTSMetric, DistributionMetrics, LPIPSAlex, Protocol
+from onedc.eval.metrics import DistributionMetrics, DISTSMetric, LPIPSAlex, Protocol
 from onedc.eval.pipeline import code_batches, load_features, recon_path
 from onedc.eval.runner import MetricSuite, summarize
 

@@ -18,7 +18,6 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import fit_entropy_model, photo  # noqa: E402  (the test suite's fitted tiny model)
-
 from onedc import OneDC, load_model_config  # noqa: E402
 from onedc.bitstream import read  # noqa: E402
 

@@ -441,7 +441,8 @@ def tables(records: list[dict]) -> tuple[dict, str]:
         lines.append(f"| {m} | {sum(c.values())} | " + " | ".join(str(c[k]) for k in columns) + " |")
     lines += ["", "| refused with | cases |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in refusals.most_common()]
     lines += ["", f"Slowest case: {slowest['id']} ({slowest['mutation']}, {slowest['outcome']}) {slowest.get('seconds', 0):.3f} s; "
-              f"largest memory: {largest['id']} ({largest['mutation']}, {largest['outcome']}) {largest.get('peak_mb', 0):.1f} MB above the worker's resident set."]
+              f"largest memory: {largest['id']} ({largest['mutation']}, {largest['outcome']}) "
+              f"{largest.get('peak_mb', 0):.1f} MB above the worker's resident set."]
     return summary, "\n".join(lines) + "\n"
 
 

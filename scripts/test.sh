@@ -16,5 +16,9 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
          "the browser test will fail: install Debian's chromium package and rerun" >&2
   fi
 fi
+# Lint (ruff: pyflakes, pycodestyle, import order) and the Python 3.10 floor (vermin): pinned
+# versions, configured in pyproject.toml
+ruff check onedc scripts tests
+vermin -q --no-tips -t=3.10- --violations --eval-annotations --exclude long onedc scripts tests
 export ONEDC_REQUIRE_BROWSER=1
 python -m pytest -q "$@"

@@ -2,8 +2,8 @@
 whose entropy model is fitted to its own latents (an untrained model's scales are noise)."""
 
 import pytest
-from helpers import PHOTOS, fit_entropy_model, photo
 
+from helpers import PHOTOS, fit_entropy_model, photo
 from onedc import OneDC, load_model_config
 
 

@@ -70,7 +70,8 @@ def test_hf_dataset_shards(tmp_path):
     datasets = pytest.importorskip("datasets")
     buf = io.BytesIO()
     Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(buf, format="JPEG")
-    ds = datasets.Dataset.from_dict({"jpg": [{"bytes": buf.getvalue(), "path": None}, {"bytes": b"broken", "path": None}], "blip2_caption": ["a cat", "x"]})
+    jpgs = [{"bytes": buf.getvalue(), "path": None}, {"bytes": b"broken", "path": None}]
+    ds = datasets.Dataset.from_dict({"jpg": jpgs, "blip2_caption": ["a cat", "x"]})
     ds = ds.cast_column("jpg", datasets.Image())
     ds.to_parquet(str(tmp_path / "shard-0.parquet"))
     source = HFImageDataset(tmp_path, "jpg", "blip2_caption")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from onedc.errors import ConfigError, ImageError
-from onedc.eval.datasets import DatasetError, SETTINGS, load_dataset, load_u8, prepare_crops, resize_center_crop
+from onedc.eval.datasets import SETTINGS, DatasetError, load_dataset, load_u8, prepare_crops, resize_center_crop
 
 
 def write_images(folder, names, size=(8, 6)):

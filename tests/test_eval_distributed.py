@@ -15,14 +15,14 @@ import psutil
 import pytest
 import skimage.data
 import torch
-from helpers import ACCELERATE_2_PROCESSES
 from PIL import Image
 
+from helpers import ACCELERATE_2_PROCESSES
 from onedc import OneDC
+from onedc.errors import OneDCError
 from onedc.eval.cli import main
 from onedc.eval.datasets import Setting
-from onedc.eval.metrics import DISTSMetric, DistributionMetrics, LPIPSAlex, Protocol
-from onedc.errors import OneDCError
+from onedc.eval.metrics import DistributionMetrics, DISTSMetric, LPIPSAlex, Protocol
 from onedc.eval.progress import ProgressBar
 from onedc.eval.runner import MetricSuite, check_unique_stems, evaluate, pending_batches, share
 

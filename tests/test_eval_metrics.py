@@ -11,8 +11,8 @@ from torch import nn
 
 from onedc.errors import ImageError, WeightsError
 from onedc.eval.metrics import (
-    DISTSMetric,
     DistributionMetrics,
+    DISTSMetric,
     LPIPSAlex,
     Protocol,
     dists_alpha_beta_file,

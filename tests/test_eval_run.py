@@ -14,7 +14,7 @@ from onedc import OneDC
 from onedc.errors import OneDCError
 from onedc.eval.cli import expand_checkpoints, main
 from onedc.eval.datasets import Setting
-from onedc.eval.metrics import DISTSMetric, DistributionMetrics, LPIPSAlex, Protocol
+from onedc.eval.metrics import DistributionMetrics, DISTSMetric, LPIPSAlex, Protocol
 from onedc.eval.runner import MetricSuite, evaluate
 from onedc.image_io import to_uint8
 

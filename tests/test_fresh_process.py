@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 
 from helpers import run_python
 
-
 DECODE = """
 import sys, torch
 torch.set_num_threads(1)

@@ -200,7 +200,6 @@ def test_full_size_stage2_guidance_covers_ours():
     """The official Stage II guidance file's 1,385 keys: 1,382 are exactly our full-size
     Guidance's names and shapes, plus DMD2's 2 placeholder keys and the schedule (the loader
     itself is tested above)."""
-    from onedc.official import load_guidance
     from onedc.train.config import compose
     from onedc.train.dmd import Guidance
 

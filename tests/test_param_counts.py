@@ -9,9 +9,9 @@ import torch
 from onedc import OneDC
 from onedc.cli import main
 from onedc.codec import LatentCodec
-from onedc.official import official_key
 from onedc.config import load_model_config
 from onedc.model import build_code_predictor, build_tokenizer, parameter_table
+from onedc.official import official_key
 
 EXPECTED_COUNTS = {
     "g_a (analysis)": 299_130_112,

@@ -3,11 +3,10 @@
 import pytest
 import torch
 
+from helpers import PHOTOS
 from onedc import ImageError
 from onedc.bitstream import read
 from onedc.model import pad_to_multiple
-
-from helpers import PHOTOS
 
 
 @pytest.mark.parametrize("name", PHOTOS)
@@ -46,7 +45,9 @@ def test_any_size_down_to_one_pixel(tiny_model, size):
 
 
 @pytest.mark.parametrize(
-    "bad", [torch.zeros(4, 8, 8), torch.zeros(2, 3, 8, 8), torch.full((3, 8, 8), 2.0), torch.full((3, 8, 8), float("nan")), torch.zeros(3, 8, 8, dtype=torch.uint8)]
+    "bad",
+    [torch.zeros(4, 8, 8), torch.zeros(2, 3, 8, 8), torch.full((3, 8, 8), 2.0), torch.full((3, 8, 8), float("nan")),
+     torch.zeros(3, 8, 8, dtype=torch.uint8)],
 )
 def test_bad_image_tensors_are_rejected(tiny_model, bad):
     with pytest.raises(ImageError):

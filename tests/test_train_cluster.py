@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-
 from onedc.train import checkpoints
 from onedc.train.launcher import SlurmLauncher, export_torch_distributed_env
 

@@ -13,14 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import ACCELERATE_2_PROCESSES, run_python
 from onedc import ConfigError, OneDC
 from onedc.train import checkpoints, run_lock
 from onedc.train.config import compose
 from onedc.train.losses import lmbda_at
 from onedc.train.optim import lr_factor
 from onedc.train.stage1 import Stage1Trainer, train
-
-from helpers import ACCELERATE_2_PROCESSES, run_python
 
 FAST = [
     "experiment=quickstart",
@@ -98,7 +97,8 @@ def test_a_signalled_and_resumed_run_matches_an_uninterrupted_run(tmp_path, accu
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     p, q = (load_file(tmp_path / run / "checkpoints" / "step_0000006" / checkpoints.PREDICTOR_FILE) for run in ("straight", "resumed"))
     assert all(torch.equal(p[k], q[k]) for k in p)
-    assert [(s["step"], s["policy"], s["loss"]) for s in steps(tmp_path / "straight")] == [(s["step"], s["policy"], s["loss"]) for s in steps(tmp_path / "resumed")]
+    straight, resumed = ([(s["step"], s["policy"], s["loss"]) for s in steps(tmp_path / name)] for name in ("straight", "resumed"))
+    assert straight == resumed
     assert [s["lr"] for s in steps(tmp_path / "resumed")] == pytest.approx([0.0, 1e-3, 2e-3, 2e-3, 2e-4, 2e-4])
     # keep_last=2 of the quickstart: step 3 and 6 remain; every step folder loads as a model
     assert [s for s, _ in checkpoints.step_folders(tmp_path / "resumed" / "checkpoints")] == [3, 6]
@@ -133,7 +133,8 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkey
 
 def test_validation_keeps_the_best_checkpoint(tmp_path):
     run = tmp_path / "run"
-    train(compose([*FAST, "train.max_steps=4", "train.checkpoint_every=4", "validation.every=2", "validation.best_metric=psnr", "validation.mode=max"]), run)
+    overrides = ["train.max_steps=4", "train.checkpoint_every=4", "validation.every=2", "validation.best_metric=psnr", "validation.mode=max"]
+    train(compose([*FAST, *overrides]), run)
     rows = [json.loads(line) for line in (run / "logs" / "validation.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 2, 4] and all({"bpp", "psnr", "lpips", "rd_loss"} <= r.keys() for r in rows)
     best = max(rows, key=lambda r: r["psnr"])

@@ -9,15 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onedc.data.training import TrainingCrops, collate, policies_from_config
+from helpers import ACCELERATE_2_PROCESSES, run_python
 from onedc.data.sources import SamplePhotos
+from onedc.data.training import TrainingCrops, collate, policies_from_config
 from onedc.errors import ConfigError
 from onedc.train.config import compose
 from onedc.train.dmd import Guidance
 from onedc.train.stage1 import train as train_stage1
 from onedc.train.stage2 import Stage2Trainer, train
-
-from helpers import ACCELERATE_2_PROCESSES, run_python
 
 STAGE1 = ["experiment=quickstart", "train.logger=none", "train.batch_size=2", "train.max_steps=2", "train.checkpoint_every=2",
           "validation.every=100", "validation.crop=64", "model.distillation.predictor.window=2",
@@ -114,7 +113,8 @@ def test_kill_and_resume_matches(stage1_checkpoint, tmp_path):
     a, b = (torch.load(tmp_path / run / "checkpoints" / "step_0000012" / "guidance_optimizer.pt") for run in ("straight", "resumed"))
     assert a["state"].keys() == b["state"].keys() and all(torch.equal(a["state"][k][m], b["state"][k][m])
                                                         for k in a["state"] for m in ("exp_avg", "exp_avg_sq"))
-    logs = [[json.loads(line) for line in (tmp_path / run / "logs" / "train_rank0.jsonl").read_text().splitlines()] for run in ("straight", "resumed")]
+    logs = [[json.loads(line) for line in (tmp_path / run / "logs" / "train_rank0.jsonl").read_text().splitlines()]
+            for run in ("straight", "resumed")]
     assert logs[0] == logs[1]
 
 
@@ -163,7 +163,8 @@ def test_sharded_guidance_matches_ddp_and_resumes_exactly(stage1_checkpoint, tmp
         assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), name
         assert any(not torch.equal(a[k], v) for k, v in load_file(sharded / "checkpoints" / "step_0000002" / name).items())
     for rank in (0, 1):
-        logs = [[json.loads(line) for line in (run / "logs" / f"train_rank{rank}.jsonl").read_text().splitlines()] for run in (sharded, replicated, resumed)]
+        logs = [[json.loads(line) for line in (run / "logs" / f"train_rank{rank}.jsonl").read_text().splitlines()]
+                for run in (sharded, replicated, resumed)]
         assert logs[0] == logs[2]
         assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [1, 2, 3, 4]
         assert all(abs(x["guidance_loss"] - y["guidance_loss"]) < 1e-4 for x, y in zip(logs[0], logs[1]))

@@ -45,7 +45,8 @@ def test_unet_in_diffusers_layout_loads_into_the_frozen_base(tiny_config, tmp_pa
     load_unet_base(model.generator.unet, path)
     unet = model.generator.unet.state_dict()
     plain = source.state_dict()
-    assert torch.equal(unet["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.base_layer.weight"], plain["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"])
+    to_q = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    assert torch.equal(unet[f"{to_q}.base_layer.weight"], plain[f"{to_q}.weight"])
     assert torch.equal(unet["conv_norm_out.weight"], plain["conv_norm_out.weight"])
     assert all(torch.equal(p, lora_before[n]) for n, p in model.generator.unet.named_parameters() if n in lora_before)
 
@@ -110,12 +111,15 @@ def test_hf_cache_and_torch_home_lookup(tmp_path, monkeypatch):
 
 def test_missing_weights_fail_early_with_the_check_message(tiny_config, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    with pytest.raises(WeightsError, match=r"missing external weights 'sd21_vae' .*looked in: config path /nowhere; HF cache .*get it: hf download stabilityai/stable-diffusion-2-1"):
+    expected = (r"missing external weights 'sd21_vae' .*looked in: config path /nowhere; HF cache "
+                r".*get it: hf download stabilityai/stable-diffusion-2-1")
+    with pytest.raises(WeightsError, match=expected):
         require("sd21_vae", {"sd21_vae": "/nowhere"})
     model = OneDC.untrained(with_external(tiny_config, vae="sd21_vae"))
     model.save_pretrained(tmp_path / "ckpt")
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
-    assert main(["compress", str(tmp_path / "x.png"), str(tmp_path / "x.onedc"), "--checkpoint", str(tmp_path / "ckpt"), "--weights", "sd21_vae=/nowhere"]) == 1
+    args = ["compress", str(tmp_path / "x.png"), str(tmp_path / "x.onedc"), "--checkpoint", str(tmp_path / "ckpt"), "--weights", "sd21_vae=/nowhere"]
+    assert main(args) == 1
     err = capsys.readouterr().err
     assert "missing external weights 'sd21_vae'" in err and "Traceback" not in err
 

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from ..config import BlockConfig, EntropyConfig
-from .blocks import DepthConvBlock, conv1x1
 from ..profiling import stage
+from .blocks import DepthConvBlock, conv1x1
 from .entropy_coding import GaussianCoder, RansWriter
 from .ops import lower_bound, quantize_ste
 

@@ -24,12 +24,12 @@ from torch import nn
 
 from ..config import BlockConfig, CodecConfig
 from ..errors import BitstreamError, OneDCError
+from ..profiling import stage
 from .analysis import AnalysisTransform
 from .context_model import QuadtreeContextModel, gaussian_likelihood, rate_bits
 from .entropy_coding import GaussianCoder, pack_fixed_width, unpack_fixed_width
 from .exact import exact_copy
 from .hyperprior import FSQ, HyperDecoder, HyperEncoder
-from ..profiling import stage
 from .semantic import SemanticDecoder
 from .synthesis import SynthesisTransform
 

@@ -233,13 +233,15 @@ def format_table_a(measured: dict, size: str | int | None = None, bd_rates: dict
     lines.append(f"| {name} | {_count(measured['parameters'])} | {ours['encode_s']:.2f} | {ours['decode_s']:.2f} | " + " | ".join(bd(name)) + " |")
     notes = [
         f"Paper rows: {paper['source']} (BD-rate on MS-COCO 30K against OneDC).",
-        f"Ours: {_label(size)}, {measured['device']}, {measured['precision']}{', compiled' if measured.get('compiled') else ''}, batch 1, median of {measured['repeat']} after a warm-up.",
+        f"Ours: {_label(size)}, {measured['device']}, {measured['precision']}{', compiled' if measured.get('compiled') else ''}, "
+        f"batch 1, median of {measured['repeat']} after a warm-up.",
     ]
     first = next(iter(measured["sizes"]))
     memory = measured["sizes"][first].get("decode_memory_mb", {})
     compile_s = {s: r["compile_s"] for s, r in measured["sizes"].items() if "compile_s" in r}
     if compile_s:
-        notes.append("Compile time (first decode per size, not in the times): " + ", ".join(f"{_label(s)} {v:.1f} s" for s, v in compile_s.items()) + ".")
+        times = ", ".join(f"{_label(s)} {v:.1f} s" for s, v in compile_s.items())
+        notes.append(f"Compile time (first decode per size, not in the times): {times}.")
     if "peak" in memory:
         notes.append(
             f"Peak decode memory at {_label(first)}: {memory['peak']:,} MB = {memory['weights']:,} MB weights + "

@@ -39,8 +39,8 @@ from ..model import OneDC
 from . import baselines
 from .bd_rate import bd_rate_table, format_table
 from .datasets import SETTINGS, Setting, load_u8, prepare_crops
-from .metrics import DISTSMetric, DistributionMetrics, LPIPSAlex, image_metrics_info
-from .pipeline import code_batches, is_done, load_features, png_bytes, record_path, recon_path
+from .metrics import DistributionMetrics, DISTSMetric, LPIPSAlex, image_metrics_info
+from .pipeline import code_batches, is_done, load_features, png_bytes, recon_path, record_path
 from .progress import ProgressBar
 from .report import BDRateSection, Comparison, Panel, html_report, markdown_table, rd_panels, rd_plot
 

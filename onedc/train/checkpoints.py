@@ -96,7 +96,8 @@ def verify(folder: Path) -> None:
         if not f.is_file():
             raise CheckpointError(f"{f} is missing (listed in {CHECKSUMS})")
         if f.stat().st_size != expected["bytes"]:
-            raise CheckpointError(f"{f}: size mismatch ({f.stat().st_size} bytes, {expected['bytes']} in {CHECKSUMS}): the file is truncated or corrupt")
+            raise CheckpointError(
+                f"{f}: size mismatch ({f.stat().st_size} bytes, {expected['bytes']} in {CHECKSUMS}): the file is truncated or corrupt")
         if file_sha256(f) != expected["sha256"]:
             raise CheckpointError(f"{f}: digest mismatch with {CHECKSUMS}: the file is corrupt")
 

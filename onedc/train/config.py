@@ -14,7 +14,6 @@ from ..config import ModelConfig, model_config_from_dict, parse_structured
 from ..errors import ConfigError
 
 
-
 def process_rank() -> int:
     """This process's global rank, before torch.distributed starts: `accelerate launch` (torchrun)
     sets RANK; inside a SLURM or local submitit job it is the task's."""
@@ -247,13 +246,16 @@ def validate(run: RunConfig) -> None:
         raise ConfigError(f"stage must be stage1 or stage2, got {run.stage!r}")
     unknown = sorted(set(t.gradient_checkpointing) - set(CHECKPOINTABLE[run.stage]))
     if unknown:
-        raise ConfigError(f"train.gradient_checkpointing: {run.stage} has no part {unknown[0]!r} (choose from {', '.join(CHECKPOINTABLE[run.stage])})")
+        choices = ", ".join(CHECKPOINTABLE[run.stage])
+        raise ConfigError(f"train.gradient_checkpointing: {run.stage} has no part {unknown[0]!r} (choose from {choices})")
     if run.stage == "stage2":
         d = run.dmd
         stage2_checks = [
             (t.init_from is not None, "Stage II starts from a Stage I checkpoint: set train.init_from=PATH"),
-            (t.grad_accum == 1, "Stage II does not support gradient accumulation (the generator and guidance turns share each batch): set train.grad_accum=1"),
-            (t.mixed_precision != "fp16", "Stage II trains in bf16 or fp32 (fp16 would need loss scaling in the guidance's optimizer): set train.mixed_precision=bf16"),
+            (t.grad_accum == 1,
+             "Stage II does not support gradient accumulation (the generator and guidance turns share each batch): set train.grad_accum=1"),
+            (t.mixed_precision != "fp16",
+             "Stage II trains in bf16 or fp32 (fp16 would need loss scaling in the guidance's optimizer): set train.mixed_precision=bf16"),
             (d.generator_every >= 1, "dmd.generator_every must be at least 1"),
             (0 <= d.min_timestep <= d.max_timestep < 1000, "dmd: need 0 <= min_timestep <= max_timestep < 1000"),
             (0 < d.gan_max_timestep <= 1000, "dmd.gan_max_timestep must be in (0, 1000]"),
@@ -261,7 +263,8 @@ def validate(run: RunConfig) -> None:
         ]
         # the GAN head needs an 8x8 mid-block: image / 8 (VAE) / 2^(levels - 1) (U-Net) >= 8
         smallest = 64 * 2 ** (len(run.model.generator.unet.block_out_channels) - 1)
-        stage2_checks += [(p.size >= smallest, f"data policy {p.name}: Stage II needs crops of at least {smallest} (the GAN head's 8x8 mid-block), got {p.size}")
+        stage2_checks += [(p.size >= smallest,
+                           f"data policy {p.name}: Stage II needs crops of at least {smallest} (the GAN head's 8x8 mid-block), got {p.size}")
                           for p in run.data.policies]
         for ok, message in stage2_checks:
             if not ok:

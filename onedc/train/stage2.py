@@ -96,7 +96,9 @@ class Stage2Trainer(StageTrainer):
             guidance.real_unet.to(torch.bfloat16)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + run.seed_offsets.text_conditioner)
-            tokenizer = external.load_clip_tokenizer(external.require(cfg.external.text_tokenizer, run.weights)) if cfg.external.text_tokenizer else None
+            tokenizer = None
+            if cfg.external.text_tokenizer:
+                tokenizer = external.load_clip_tokenizer(external.require(cfg.external.text_tokenizer, run.weights))
             text = TextConditioner(cfg.text_encoder, tokenizer)
         if cfg.external.text_encoder:
             external.load_text_encoder(text.encoder, external.require(cfg.external.text_encoder, run.weights))
@@ -155,7 +157,8 @@ class Stage2Trainer(StageTrainer):
                 dmd, gan = critic["dmd"], critic["gan_generator"]
                 l1 = (x_hat.float() - x).abs().mean() / 2
                 lpips = self.perceptual(x_hat, x).mean() if self.perceptual is not None else torch.zeros_like(l1)
-                generator_loss = d.dmd_weight * dmd + d.gan_generator_weight * gan + d.pixel_weight * (loss.l1_weight * l1 + loss.lpips_weight * lpips)
+                pixel = loss.l1_weight * l1 + loss.lpips_weight * lpips
+                generator_loss = d.dmd_weight * dmd + d.gan_generator_weight * gan + d.pixel_weight * pixel
                 accelerator.backward(generator_loss)
                 accelerator.clip_grad_norm_(self.generator_params, run.train.max_grad_norm)
                 self.opt_g.step()
