@@ -13,8 +13,9 @@ DISTRIBUTED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_A
 
 
 def test_slurm_tasks_get_the_variables_accelerate_launch_would_set(monkeypatch):
-    for name in DISTRIBUTED:
-        monkeypatch.delenv(name, raising=False)
+    for name in DISTRIBUTED:  # recorded, so that what export sets is removed after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "8", "SLURM_JOB_NUM_NODES": "2",
              "SLURM_NODEID": "1", "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[017-018]"}
     for name, value in slurm.items():
@@ -44,7 +45,8 @@ def test_a_two_point_sweep_on_the_local_submitit_launcher(tmp_path):
                "train.logger=none", "train.batch_size=2", "train.max_steps=2", "train.checkpoint_every=2", "validation.every=100",
                "validation.crop=64", "model.distillation.predictor.window=2",
                "data.policies=[{name:crop64,weight:1.0,mode:crop,size:64,batch_fraction:1.0}]"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**{k: v for k, v in os.environ.items() if k not in DISTRIBUTED}, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     for lmbda in ("0.6", "12.2"):
         run = sweep / f"lmbda{lmbda}"
