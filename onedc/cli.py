@@ -78,12 +78,9 @@ def cmd_compress(args: argparse.Namespace) -> None:
 def _compress_folder(source: Path, output: Path, args: argparse.Namespace) -> None:
     """Every image of `source` (not recursive) -> output/<stem>.onedc, images of one size in
     batches of --batch; each file is what compressing the image alone writes."""
-    from PIL import Image
+    from .image_io import IMAGE_SUFFIXES, load_image
 
-    from .image_io import load_image
-
-    suffixes = set(Image.registered_extensions())
-    paths = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    paths = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise OneDCError(f"{source}: no images found")
     sizes = {path: _image_size(path) for path in paths}

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what folders of images are searched for
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -60,8 +61,7 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> tuple[torch.T
     array, notes = _to_rgb8(im, [])
     if _png_bit_depth(path) == 16 and not any("16-bit" in n for n in notes):
         notes.append("16-bit PNG reduced to 8 bits per channel")
-    x = torch.tensor(array).permute(2, 0, 1).float() / 127.5 - 1.0
-    return x, notes
+    return from_uint8(array), notes
 
 
 def _to_rgb8(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -89,6 +89,16 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, list[str]]:
         notes.append(f"{mode} image converted to RGB")
         im = im.convert("RGB")
     return np.asarray(im), notes
+
+
+def from_uint8(array: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1] (x / 127.5 - 1)."""
+    return from_uint8_tensor(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1))
+
+
+def from_uint8_tensor(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, H, W) tensor -> (3, H, W) float32 in [-1, 1] (x / 127.5 - 1)."""
+    return x.float() / 127.5 - 1.0
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -19,7 +19,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import fit_entropy_model, photo  # noqa: E402  (the test suite's fitted tiny model)
 from onedc import OneDC, load_model_config  # noqa: E402
-from onedc.bitstream import read  # noqa: E402
+from onedc.bitstream import bits_per_pixel, read  # noqa: E402
+from onedc.image_io import from_uint8  # noqa: E402
 
 
 def report(model: OneDC, name: str, image: torch.Tensor) -> None:
@@ -34,7 +35,7 @@ def report(model: OneDC, name: str, image: torch.Tensor) -> None:
 def main() -> None:
     torch.set_num_threads(1)
     coffee = np.asarray(Image.fromarray(skimage.data.coffee()).resize((768, 512), Image.BICUBIC))
-    coffee = torch.tensor(coffee).permute(2, 0, 1).float() / 127.5 - 1
+    coffee = from_uint8(coffee)
     tiny = OneDC.untrained(load_model_config("onedc_tiny"))
     tiny.lmbda = 4.6
     tiny = fit_entropy_model(tiny, [photo(n) for n in ("astronaut", "coffee", "chelsea", "rocket")])
@@ -42,7 +43,7 @@ def main() -> None:
         report(tiny, name, image)
     z_only = OneDC.untrained(load_model_config("onedc_tiny_zonly"))
     data = z_only.compress(coffee)
-    print(f"onedc_tiny_zonly coffee 768x512: {len(data)} B, {8 * len(data) / (768 * 512):.5f} bpp")
+    print(f"onedc_tiny_zonly coffee 768x512: {len(data)} B, {bits_per_pixel(len(data), 512, 768):.5f} bpp")
     report(OneDC.untrained(load_model_config("onedc_sd15")).eval(), "chelsea 192x320", photo("chelsea")[:, :192, :320])
 
 

@@ -391,10 +391,11 @@ class Pool:
 # ------------------------------------------------------------------------------ seeds and report
 def make_seeds(model_spec: dict, folder: Path) -> list[Path]:
     """Valid files of the model from crops of the scikit-image photos, written to `folder`."""
-    import skimage.data
-    import torch
+    import numpy as np
 
     import onedc
+    from onedc.data.sources import SamplePhotos
+    from onedc.image_io import from_uint8
 
     if model_spec.get("checkpoint"):
         model = onedc.OneDC.from_pretrained(model_spec["checkpoint"]).eval()
@@ -403,9 +404,7 @@ def make_seeds(model_spec: dict, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, h, w in [("chelsea", 64, 96), ("coffee", 130, 70), ("rocket", 1, 1), ("astronaut", 128, 128), ("camera", 200, 256)]:
-        array = getattr(skimage.data, name)()
-        x = torch.tensor(array).float() / 127.5 - 1
-        x = (x[..., None].expand(*x.shape, 3) if x.dim() == 2 else x).permute(2, 0, 1)[:, :h, :w]
+        x = from_uint8(np.asarray(SamplePhotos([name]).load(0)[0]))[:, :h, :w]
         path = folder / f"{name}_{h}x{w}.onedc"
         path.write_bytes(model.compress(x))
         paths.append(path)

@@ -23,15 +23,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import skimage.data
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from onedc import OneDC
+from onedc.data.sources import SamplePhotos
 from onedc.eval.datasets import Setting
 from onedc.eval.runner import MetricSuite, evaluate
-from onedc.image_io import load_image
+from onedc.image_io import from_uint8, load_image
 from onedc.train.config import compose_config, run_config
 from onedc.train.stage1 import train
 
@@ -39,18 +38,12 @@ PHOTOS = ("astronaut", "coffee", "rocket", "chelsea", "camera")
 HELD_OUT = {"chelsea", "camera"}  # the quickstart's validation photos, never trained on
 
 
-def sample_photo(name: str) -> np.ndarray:
-    """A scikit-image sample photo as uint8 (H, W, 3) (grayscale repeated, stereo pairs: left view)."""
-    photo = getattr(skimage.data, name)()
-    array = np.asarray(photo[0] if isinstance(photo, tuple) else photo)
-    return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array[..., :3]
-
-
 def pretrain_vae(model: OneDC, settings, path: Path) -> dict:
     """Demo only: train `model.vae` as an autoencoder (L1 between a crop and its decoded
     posterior mode, the code the encoder uses) on random `settings.crop` px crops of
     `settings.photos`, mirrored at random; save it as safetensors at `path`. Returns the last loss."""
-    photos = [torch.from_numpy(sample_photo(n).astype(np.float32)).permute(2, 0, 1) / 127.5 - 1 for n in settings.photos]
+    source = SamplePhotos(list(settings.photos))
+    photos = [from_uint8(np.asarray(source.load(i)[0])) for i in range(len(source))]
     vae = model.vae.requires_grad_(True).train()
     optimizer = torch.optim.Adam(vae.parameters(), lr=settings.lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.05)
@@ -95,7 +88,7 @@ def main() -> int:
     for name in PHOTOS:
         images[name] = out / "images" / f"{name}.png"
         images[name].parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(sample_photo(name)).save(images[name])
+        SamplePhotos([name]).load(0)[0].save(images[name])
 
     vae_path = out / "vae" / "model.safetensors"
     config = compose_config(["experiment=quickstart_demo", f"weights.quickstart_vae={vae_path}", *args.overrides])

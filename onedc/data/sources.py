@@ -15,12 +15,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, ImageError
-from ..image_io import open_image
+from ..image_io import IMAGE_SUFFIXES, from_uint8, open_image
 
 if TYPE_CHECKING:
     import torch
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -139,8 +137,6 @@ def build_source(cfg) -> ImageFolder | HFImageDataset | SamplePhotos:
 def load_images(source, crop: int | None = None) -> list[tuple[str, "torch.Tensor"]]:
     """Every image of a (validation) source as (name, (3, H, W) in [-1, 1]), center-cropped to at
     most crop x crop when `crop` is set. Unreadable images are an error here, not skipped."""
-    import torch
-
     out = []
     for i in range(len(source)):
         image, _ = source.load(i)
@@ -149,5 +145,5 @@ def load_images(source, crop: int | None = None) -> list[tuple[str, "torch.Tenso
             cw, ch = min(w, crop), min(h, crop)
             left, top = (w - cw) // 2, (h - ch) // 2
             image = image.crop((left, top, left + cw, top + ch))
-        out.append((source.name(i), torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0))
+        out.append((source.name(i), from_uint8(np.asarray(image))))
     return out

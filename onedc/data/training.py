@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import Sampler
 
 from ..errors import ConfigError, ImageError
+from ..image_io import from_uint8
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,7 @@ class TrainingCrops(torch.utils.data.Dataset):
         policy = self.policies[p]
         if policy.size != self.base:
             image = image.resize((policy.size, policy.size), Image.BILINEAR) if policy.mode == "resize" else _random_crop(image, policy.size, rng)
-        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
-        return {"image": x, "caption": caption, "policy": policy.name}
+        return {"image": from_uint8(np.asarray(image)), "caption": caption, "policy": policy.name}
 
 
 def _random_crop(image: Image.Image, size: int, rng: random.Random) -> Image.Image:

@@ -24,10 +24,9 @@ from PIL import Image
 from ..atomic import atomic_file
 from ..checksums import file_sha256
 from ..errors import ConfigError, OneDCError
-from ..image_io import load_image, to_uint8_tensor
+from ..image_io import IMAGE_SUFFIXES, load_image, to_uint8_tensor
 from .metrics import Protocol
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 RESIZE = "PIL Image.resize BICUBIC (antialiased when downsampling), short side -> S, long side rounded; center crop S x S"
 
 

@@ -30,7 +30,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import atomic_file
-from ..image_io import to_uint8_tensor
+from ..bitstream import bits_per_pixel
+from ..image_io import from_uint8_tensor, to_uint8_tensor
 from ..model import OneDC
 from .datasets import load_u8
 from .metrics import ms_ssim, ms_ssim_unavailable, psnr
@@ -166,7 +167,7 @@ def code_batches(model: OneDC, batches: list[list[Path]], folder: Path, suite, p
     try:
         for batch in loader:
             paths, refs, notes = zip(*batch)
-            images = [ref.float() / 127.5 - 1 for ref in refs]
+            images = [from_uint8_tensor(ref) for ref in refs]
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 start = time.perf_counter()
                 files = model.compress(images)
@@ -179,7 +180,8 @@ def code_batches(model: OneDC, batches: list[list[Path]], folder: Path, suite, p
                 pixels = height * width
                 record = {
                     "image": path, "model": identity, "width": width, "height": height, "bytes": len(data),
-                    "bpp": 8 * len(data) / pixels, "bpp_estimated": (estimate["y"] + estimate["z"]) / pixels,
+                    "bpp": bits_per_pixel(len(data), height, width), "bpp_estimated": (estimate["y"] + estimate["z"]) / pixels,
+                    "bpp_estimated_official": (estimate["y_official"] + estimate["z"]) / pixels,
                     "bpp_y_estimated": estimate["y"] / pixels, "bpp_z": estimate["z"] / pixels,
                     # the batch's wall time shared among its images
                     "encode_s": (encoded - start) / len(files), "decode_s": (decoded - encoded) / len(files),

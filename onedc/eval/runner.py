@@ -45,7 +45,7 @@ from .progress import ProgressBar
 from .report import BDRateSection, Comparison, Panel, html_report, markdown_table, rd_panels, rd_plot
 
 METRICS = ("psnr", "ms-ssim", "lpips", "dists", "fid")
-MEANS = ("bpp", "bpp_estimated", "psnr", "ms-ssim", "lpips", "dists", "encode_s", "decode_s")
+MEANS = ("bpp", "bpp_estimated", "bpp_estimated_official", "psnr", "ms-ssim", "lpips", "dists", "encode_s", "decode_s")
 
 
 @dataclass

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import weights as external
+from ..bitstream import bits_per_pixel
 from ..data.sources import build_source, load_images
 from ..data.training import StepBatchSampler, TrainingCrops, collate, policies_from_config
 from ..errors import ConfigError, RunInUseError
@@ -38,13 +39,19 @@ from .run_lock import RunLock
 
 @torch.no_grad()
 def validate(model: OneDC, perceptual, images: list[tuple[str, torch.Tensor]], run: RunConfig) -> dict[str, float]:
-    """Real files: compress, decompress, then bpp of the file, PSNR (8 bit), LPIPS, rd_loss."""
+    """Real files: compress, decompress, then bpp of the file, the entropy model's estimates of it
+    (ours and the official code's, whose eval-mode sigma floor differs: docs/reproducing.md),
+    PSNR (8 bit), LPIPS, rd_loss."""
     rows = []
     for _, x in images:
         data = model.compress(x)
         x_hat = model.decompress(data)
+        height, width = x.shape[-2:]
+        estimate = model.estimate_bits(x)
         rows.append({
-            "bpp": 8 * len(data) / (x.shape[-2] * x.shape[-1]),
+            "bpp": bits_per_pixel(len(data), height, width),
+            "bpp_estimated": (estimate["y"] + estimate["z"]) / (height * width),
+            "bpp_estimated_official": (estimate["y_official"] + estimate["z"]) / (height * width),
             "psnr": psnr(to_uint8_tensor(x), to_uint8_tensor(x_hat)),
             "l1": float((x_hat - x).abs().mean() / 2),
             "lpips": float(perceptual(x_hat[None].to(model.device), x[None].to(model.device))) if perceptual is not None else 0.0,
