@@ -413,8 +413,8 @@ def make_seeds(model_spec: dict, folder: Path) -> list[Path]:
 
 def pattern(message: str) -> str:
     """A refusal's message reduced to its kind: the text before the first colon and the next five
-    words (without file-specific details), numbers as #."""
-    head, _, detail = re.sub(r"\d[\d,.]*", "#", message).partition(":")
+    words (without file-specific details), numbers (decimal or 0x hexadecimal) as #."""
+    head, _, detail = re.sub(r"0x[0-9a-fA-F]+|\d[\d,.]*", "#", message).partition(":")
     return f"{head}: {' '.join(detail.split()[:5])}" if detail else head
 
 

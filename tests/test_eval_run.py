@@ -2,6 +2,7 @@
 resumes without recomputing, and the complexity table comes out in Table A's layout."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -93,8 +94,9 @@ def test_evaluation_writes_every_report_and_resumes(photo_folder, checkpoints, t
     report = (out / "report.md").read_text()
     assert "DDCM" in report and "onedc (ours)" in report and "Table G" in report
     html = (out / "report.html").read_text()
-    # an RD panel per metric (PSNR, LPIPS, FID: Table G's, KID: ours), then 4 images: original + 2 rate points
-    assert html.count("class='rd'") == 4 and html.count("class='zoomable'") == 4 * 3 and "BD-rate" in html
+    # an RD panel per metric (PSNR, LPIPS, FID: Table G's, DISTS, KID: ours), then 4 images: original + 2 rate points
+    panels = re.findall(r"class='rd' alt='(\w+) against bpp'", html)
+    assert panels == ["PSNR", "LPIPS", "DISTS", "FID", "KID"] and html.count("class='zoomable'") == 4 * 3 and "BD-rate" in html
 
     # a rerun finds every image done: the codec is not called again
     before = {p: p.stat().st_mtime_ns for p in out.rglob("per_image/*.json")}

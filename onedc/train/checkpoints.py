@@ -3,7 +3,7 @@
     model.safetensors, onedc.json     the trainable OneDC weights (OneDC.from_pretrained loads it)
     code_predictor.safetensors        the Stage I code predictor
     guidance.safetensors, guidance_optimizer.pt   Stage II: fake score + GAN head, their AdamW state
-    optimizer.bin, custom_checkpoint_*.pkl (scheduler), random_states_*.pkl   via Accelerate
+    optimizer.bin, random_states_*.pkl   via Accelerate (the learning rate follows from the step)
     trainer_state.json                step, lambda, best validation value
     checksums.json                    size and SHA-256 of every other file, and its own checksum
 
