@@ -4,18 +4,16 @@ absence is explained with the command that makes it."""
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from safetensors.torch import save_file
 
 from onedc import OneDC
 from onedc.errors import WeightsError
-from onedc.train.config import run_config
+from onedc.train.config import compose_config, run_config
 from onedc.weights import load_frozen_weights, load_weight_paths
 
 
 def demo_config(*overrides):
-    with initialize_config_module("onedc.configs", version_base="1.3"):
-        return compose("train", overrides=["experiment=quickstart_demo", *overrides])
+    return compose_config(["experiment=quickstart_demo", *overrides])
 
 
 def test_demo_trains_through_the_quickstart_vae(tmp_path):
