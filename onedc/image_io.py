@@ -93,7 +93,7 @@ def _to_rgb8(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, list[str]]:
 
 def from_uint8(array: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1] (x / 127.5 - 1)."""
-    return from_uint8_tensor(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1))
+    return from_uint8_tensor(torch.tensor(np.asarray(array)).permute(2, 0, 1))  # a copy: the array may be read-only
 
 
 def from_uint8_tensor(x: torch.Tensor) -> torch.Tensor:
