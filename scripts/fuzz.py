@@ -111,13 +111,16 @@ def m_magic(rng, s, seeds):
 
 
 def m_version(rng, s, seeds):
-    return with_crc(replace(s.body, 4, bytes([rng.choice([0, 2, 3, 255, rng.randrange(256)])])))
+    """Another version byte: each known version and some unknown ones, never the file's own."""
+    other = [v for v in (0, 1, 2, 3, 255, rng.randrange(256)) if v != s.data[4]]
+    return with_crc(replace(s.body, 4, bytes([rng.choice(other)])))
 
 
 def m_flags(rng, s, seeds):
     """Another flags byte (a version-1 file gets one, and version 2): unknown bits, or z-only
     set on a file with a y stream and cleared on one without."""
-    flags = bytes([rng.choice([0, Z_ONLY, 2, 0x80, 0xFF, rng.randrange(256)])])
+    own = 0 if s.data[4] == 1 else s.data[5]
+    flags = bytes([rng.choice([f for f in (0, Z_ONLY, 2, 0x80, 0xFF, rng.randrange(256)) if f != own])])
     if s.data[4] == 1:
         return with_crc(s.body[:4] + b"\x02" + flags + s.body[5:])
     return with_crc(replace(s.body, 5, flags))
