@@ -137,6 +137,8 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         n = self.norm(x)
-        q, k, v = (proj(n).reshape(b, 1, c, h * w).transpose(2, 3) for proj in (self.q, self.k, self.v))
+        # contiguous (B, 1, HW, C): with transposed views PyTorch's CPU attention takes its plain
+        # path, which materialises the (HW)^2 score matrix (2.3 GB at 2048^2 for the tiny model)
+        q, k, v = (proj(n).reshape(b, 1, c, h * w).transpose(2, 3).contiguous() for proj in (self.q, self.k, self.v))
         out = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C), scale 1/sqrt(C)
         return x + self.proj_out(out.transpose(2, 3).reshape(b, c, h, w))
