@@ -85,3 +85,27 @@ def test_command_line_round_trip(tmp_path, photos, capsys):
     assert "onedc_tiny_zonly (no lambda" in capsys.readouterr().out
     assert Image.open(tmp_path / "c.png").size == (150, 100)
     assert read((tmp_path / "c.onedc").read_bytes())[0].z_only
+
+
+def test_evaluation_of_the_z_only_model(tmp_path, photos):
+    """onedc-eval on the z-only model: its records' bpp is the real file's, whose y part is
+    nothing, and its rate estimate is the z bits alone (14 per 1/64 position)."""
+    import json
+
+    from PIL import Image
+
+    from onedc.eval.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, (h, w) in {"coffee": (100, 150), "chelsea": (128, 64)}.items():
+        Image.fromarray(((photos[name][:, :h, :w] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()).save(images / f"{name}.png")
+    assert main(["run", "--model", "onedc_tiny_zonly", "--dataset", "folder", "--root", str(images), "--metrics", "psnr",
+                 "--out", str(tmp_path / "eval"), "--device", "cpu", "--workers", "0"]) == 0
+    rate_point = next(p for p in (tmp_path / "eval" / "folder" / "onedc_ours").iterdir() if p.is_dir())
+    for name, (h, w) in {"coffee": (100, 150), "chelsea": (128, 64)}.items():
+        record = json.loads((rate_point / "per_image" / f"{name}.json").read_text())
+        data = (rate_point / "files" / f"{name}.onedc").read_bytes()
+        assert read(data)[0].z_only and record["bytes"] == len(data) and record["bpp"] == 8 * len(data) / (h * w)
+        z_bits = 14 * math.ceil(h / 64) * math.ceil(w / 64)
+        assert record["bpp_y_estimated"] == 0 and record["bpp_estimated"] == record["bpp_estimated_official"] == z_bits / (h * w)
