@@ -111,7 +111,9 @@ class Chromium:
                   mobile=False)
 
     def screenshot(self) -> bytes:
-        """PNG of the viewport (call `resize` with the page's height for all of it)."""
+        """PNG of the viewport (call `resize` with the page's height for all of it), once the
+        page has painted two frames since the call (a resize or decoded images show only then)."""
+        self.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
         return base64.b64decode(self.call("Page.captureScreenshot", session=True, format="png")["data"])
 
     def requests(self) -> list[str]:

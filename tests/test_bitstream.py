@@ -49,8 +49,9 @@ def test_version_1_files_are_read():
 
 def test_a_committed_version_1_file_decodes(tiny_config):
     """A file written by onedc 0.1 (format version 1, before z-only files), with the entropy
-    model that wrote it: the container reads and the streams decode to the y_hat and c the
-    encoder recorded."""
+    model that wrote it: the container reads and the streams decode to the y_hat the encoder
+    recorded, exactly, and to its c up to float rounding (h_sem is a float network, and its
+    attention has since moved to contiguous inputs: a change of kernel, 2.4e-7 here)."""
     folder = Path(__file__).parent / "data" / "v1"
     data = (folder / "chelsea_97x130.onedc").read_bytes()
     header, y, z = read(data)
@@ -63,7 +64,8 @@ def test_a_committed_version_1_file_decodes(tiny_config):
         getattr(codec, name).load_state_dict({k[len(name) + 1:]: v for k, v in modules.items() if k.startswith(name + ".")})
     decoded = codec.decompress({"y": [y], "z": [z]}, (2, 3))
     expected = load_file(folder / "expected.safetensors")
-    assert torch.equal(decoded["y_hat"], expected["y_hat"]) and torch.equal(decoded["c"], expected["c"])
+    assert torch.equal(decoded["y_hat"], expected["y_hat"])
+    assert torch.allclose(decoded["c"], expected["c"], rtol=0, atol=1e-5) and not torch.equal(decoded["c"], torch.zeros_like(decoded["c"]))
 
 
 def test_no_lambda_is_nan_on_disk():
