@@ -8,20 +8,13 @@ import sys
 from pathlib import Path
 
 from .atomic import atomic_file
-from .cli_common import add_version_argument, add_weights_argument, default_device, load_model
+from .cli_common import add_version_argument, add_weights_argument, default_device, load_model, positive_int
 from .errors import OneDCError
 
 PROGRAM = "onedc"
 TINY_DEFAULT = "onedc_tiny"
 MAX_PIXELS_HELP = ("largest image to code, in pixels after padding to multiples of 64; default: max_pixels of "
                    "configs/limits.yaml (4096x4096), and the estimated memory must fit the device; a given N alone applies")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {text}")
-    return value
 
 
 def _load_model(args: argparse.Namespace, model: str | None, default_model: str, decoding: bool = False):
@@ -170,6 +163,7 @@ def _decompress_folder(source: Path, output: Path, args: argparse.Namespace) -> 
     untrained config)."""
     from . import bitstream
     from .image_io import save_image
+    from .limits import check_size
 
     paths = sorted(source.glob("*.onedc"))
     if not paths:
@@ -179,10 +173,9 @@ def _decompress_folder(source: Path, output: Path, args: argparse.Namespace) -> 
     if len(models) > 1:
         raise OneDCError(f"{source} holds files of {len(models)} models ({'; '.join(sorted(models))}): decode one model's files at a time")
     model_name = next(iter(headers.values())).model.name
-    from .limits import check_size
-
+    device = args.device or default_device()
     for header in headers.values():  # before loading the model
-        check_size(model_name, "decompress", header.height, header.width, args.device or default_device(), args.max_pixels)
+        check_size(model_name, "decompress", header.height, header.width, device, args.max_pixels)
     net = _load_model(args, None, model_name, decoding=True)
     paths.sort(key=lambda p: (headers[p].height, headers[p].width))
     with _progress(len(paths), "image") as bar:
@@ -267,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + onedc.json)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_weights_argument(p)
-    p.add_argument("--max-pixels", type=_positive, metavar="N", help=MAX_PIXELS_HELP)
+    p.add_argument("--max-pixels", type=positive_int, metavar="N", help=MAX_PIXELS_HELP)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="decode a .onedc file")
@@ -278,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint folder of the model that wrote the file")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_weights_argument(p)
-    p.add_argument("--max-pixels", type=_positive, metavar="N", help=MAX_PIXELS_HELP)
+    p.add_argument("--max-pixels", type=positive_int, metavar="N", help=MAX_PIXELS_HELP)
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("info", help="print the parameter counts of a model config")

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli_common import add_version_argument, add_weights_argument, default_device, load_model
+from ..cli_common import add_version_argument, add_weights_argument, default_device, load_model, non_negative_int, positive_int
 from ..errors import OneDCError
 
 PROGRAM = "onedc-eval"
@@ -46,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-partial", action="store_true", help="evaluate an incomplete dataset (with a warning)")
     run.add_argument("--limit", type=int, help="only the first N images (quick checks)")
     run.add_argument("--show", type=int, default=4, help="side-by-side crops in the HTML report")
-    run.add_argument("--batch-size", type=_positive, default=1, help="images of one size coded together (per process)")
-    run.add_argument("--workers", type=_at_least_zero, default=2, help="image-reading processes per evaluating process")
+    run.add_argument("--batch-size", type=positive_int, default=1, help="images of one size coded together (per process)")
+    run.add_argument("--workers", type=non_negative_int, default=2, help="image-reading processes per evaluating process")
     add_weights_argument(run)
 
     bd = sub.add_parser("bdrate", help="BD-rate of the shipped baselines (and our results) against an anchor")
@@ -74,18 +74,6 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="settings, their protocols and the shipped baselines")
     return parser
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _at_least_zero(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return int(text)
 
 
 def _load(checkpoint: str | None, model: str | None, weights: dict, device: str):
