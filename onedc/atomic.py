@@ -3,11 +3,14 @@
 A write that fails (a full disk, a quota, permissions, or the writer's own error) removes its
 temporary file or folder, leaves the previous version intact and raises `WriteError` naming the
 path, the cause and the free space on that filesystem. Interrupts (KeyboardInterrupt,
-SystemExit) and onedc's own errors pass through unchanged, after the same clean-up."""
+SystemExit) and onedc's own errors pass through unchanged, after the same clean-up. A writer
+killed outright (SIGKILL, a lost node) leaves its hidden temporary behind; a job that resumes
+writing into a folder removes them first with `remove_interrupted_writes`."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -15,6 +18,11 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import OneDCError, WriteError
+
+# the names tempfile gives the unfinished new versions of atomic_file (".NAME.XXXXXXXX"),
+# atomic_directory and the training checkpoints (".NAME.tmp-XXXXXXXX"); replace_directory's
+# ".NAME.old-XXXXXXXX" is not one: it may hold the only complete version, and is never swept
+INTERRUPTED_WRITE = re.compile(r"\..+\.(tmp-)?[a-z0-9_]{8}")
 
 
 def default_mode(folder: bool = False) -> int:
@@ -87,6 +95,19 @@ def replace_directory(new: Path, path: Path) -> None:
         aside.rmdir()
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_interrupted_writes(folder: str | Path) -> int:
+    """Delete the unfinished new versions that killed atomic writes left below `folder`
+    (recursively); returns how many. Call it only while nothing writes into `folder`."""
+    leftovers = [p for p in Path(folder).rglob(".*") if INTERRUPTED_WRITE.fullmatch(p.name)] if Path(folder).is_dir() else []
+    for leftover in leftovers:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return len(leftovers)
+
 
 def folder_bytes(path: Path) -> int:
     """Bytes in the files below `path` (0 if it does not exist)."""

@@ -108,6 +108,27 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o755
 
 
+def test_what_killed_writes_leave_is_swept_and_nothing_else(tmp_path):
+    """The temporaries of writes killed outright go; finished files, user files and the folder a
+    replacement moved aside (possibly the only complete version) stay."""
+    import tempfile
+
+    from onedc.atomic import remove_interrupted_writes
+
+    (tmp_path / "recon").mkdir()
+    kept = [tmp_path / "recon" / "a.png", tmp_path / ".gitignore", tmp_path / ".c.json.tmp",
+            Path(tempfile.mkdtemp(prefix=".ckpt.old-", dir=tmp_path))]
+    for path in kept[:3]:
+        path.write_bytes(b"x")
+    killed = [Path(tempfile.mkstemp(prefix=".a.png.", dir=tmp_path / "recon")[1]),
+              Path(tempfile.mkdtemp(prefix=".ckpt.tmp-", dir=tmp_path)),
+              Path(tempfile.mkdtemp(prefix=".step_0000004.tmp-", dir=tmp_path))]
+    (killed[1] / "model.safetensors").write_bytes(b"half")
+    assert remove_interrupted_writes(tmp_path) == 3
+    assert not any(p.exists() for p in killed) and all(p.exists() for p in kept)
+    assert remove_interrupted_writes(tmp_path / "absent") == 0
+
+
 def test_format_1_checkpoints_load_with_the_values_they_were_built_with(tiny_model, tmp_path):
     """Format 1 did not record the keys added since; an imported official release (it bundles
     frozen weights) gets the official vae_reduction eps, 1e-6, not our former default."""

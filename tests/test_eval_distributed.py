@@ -178,6 +178,8 @@ def test_two_processes_stopped_midway_resume_on_one(checkpoint, tmp_path):
         assert record["processes"] == 2 and record["batch_size"] == 2
         assert record["process"] == (int(stem[3:]) // 2) % 2
 
+    # what a write killed midway leaves (made here, as the kill may or may not land inside a write)
+    (folder / "recon" / ".img15.png.kasy8oj2").write_bytes(b"\x89PNG half")
     assert main([*args, "--out", str(tmp_path / "run"), "--workers", "0"]) == 0  # resumed on one process
     after = records(folder)
     assert sorted(after) == sorted(p.stem for p in images)  # none missing (one record per image by name)

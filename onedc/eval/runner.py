@@ -20,7 +20,8 @@ folder): for each rate point the main process lists the unfinished images (those
 complete record), groups them by size into batches and broadcasts the list; process i of n takes
 batches i, i + n, i + 2n, ... After the last rate point every process waits for the others, and the
 main process merges. What is done is read from the records alone, so a run stopped anywhere
-resumes on any number of processes without recomputing, duplicating or missing an image.
+resumes on any number of processes without recomputing, duplicating or missing an image; the
+temporaries of writes killed midway are deleted when the rate point starts again.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, remove_interrupted_writes
 from ..errors import OneDCError
 from ..model import OneDC
 from . import baselines
@@ -293,7 +294,8 @@ def evaluate(rate_points: Sequence[Callable[[], OneDC]], setting: Setting, paths
             model = load().eval()  # the rate estimate uses hard rounding only in eval mode
             folder = setting_dir / baselines.slug(name) / rate_point_name(model)
             identity = model.identity.describe()
-            if main:
+            if main:  # before the broadcast below, so no process of this run writes into `folder` yet
+                remove_interrupted_writes(folder)
                 bar.watch(folder)
             batches = broadcast_object_list([pending_batches(images, sizes, folder, identity, suite, batch_size) if main else None])[0]
             code_batches(model, share(batches, state.process_index, state.num_processes), folder, suite, precision, workers,

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..atomic import default_mode, folder_bytes, free_space_note
+from ..atomic import default_mode, folder_bytes, free_space_note, remove_interrupted_writes
 from ..checksums import file_sha256, json_checksum
 from ..errors import CheckpointError, WriteError
 from ..state_dicts import load_safetensors
@@ -191,8 +191,7 @@ def finish(temporary: Path, root: Path, step: int, state: dict, keep_last: int) 
     os.replace(temporary, final)
     for _, old in step_folders(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    for leftover in root.glob(".step_*.tmp-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    remove_interrupted_writes(root)
     return final
 
 
