@@ -26,7 +26,7 @@ def one_step(tmp_path, *overrides: str, profile: bool = False):
             terms, _ = trainer.train_batch(batch, 0)
             profiler.end_step()
     trainer.lock.release()
-    return trainer, float(terms["loss"]), profiler
+    return trainer, terms["loss"].item(), profiler
 
 
 def test_the_profile_and_selective_checkpointing(tmp_path):
@@ -58,7 +58,7 @@ def test_speed_settings_train_as_the_plain_step(tmp_path):
     def loss_of(*overrides):
         module = build_module(compose([*TINY, *overrides]))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return module, float(module(BATCH, 0.6)["loss"])
+            return module, module(BATCH, 0.6)["loss"].item()
 
     plain_module, plain = loss_of("train.mixed_precision=bf16")
     module, frozen_bf16 = loss_of("train.mixed_precision=bf16", "train.frozen_bf16=true")
