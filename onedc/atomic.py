@@ -19,8 +19,8 @@ from typing import Iterator
 
 from .errors import OneDCError, WriteError
 
-# the names tempfile gives the unfinished new versions of atomic_file (".NAME.XXXXXXXX"),
-# atomic_directory and the training checkpoints (".NAME.tmp-XXXXXXXX"); replace_directory's
+# the names tempfile gives the unfinished new versions of atomic_file (".NAME.XXXXXXXX") and of
+# temporary_folder (".NAME.tmp-XXXXXXXX": atomic_directory, training checkpoints); replace_directory's
 # ".NAME.old-XXXXXXXX" is not one: it may hold the only complete version, and is never swept
 INTERRUPTED_WRITE = re.compile(r"\..+\.(tmp-)?[a-z0-9_]{8}")
 
@@ -60,9 +60,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     and it replaces `path` (an existing folder is moved aside first, then deleted)."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        os.chmod(tmp, default_mode(folder=True))
+        tmp = temporary_folder(path)
     except OSError as e:
         raise write_error(e, path) from e
     try:
@@ -78,6 +76,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         if isinstance(e, OneDCError) or not isinstance(e, Exception):
             raise
         raise write_error(e, path, needed=max(written, folder_bytes(path))) from e
+
+
+def temporary_folder(path: Path) -> Path:
+    """A new empty folder ".NAME.tmp-XXXXXXXX" beside `path` (usual permissions), to be renamed
+    onto it when complete; `remove_interrupted_writes` knows it by that name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, default_mode(folder=True))
+    return tmp
 
 
 def replace_directory(new: Path, path: Path) -> None:

@@ -113,16 +113,16 @@ def test_what_killed_writes_leave_is_swept_and_nothing_else(tmp_path):
     replacement moved aside (possibly the only complete version) stay."""
     import tempfile
 
-    from onedc.atomic import remove_interrupted_writes
+    from onedc.atomic import atomic_file, remove_interrupted_writes, temporary_folder
+    from onedc.train.checkpoints import step_folder
 
     (tmp_path / "recon").mkdir()
     kept = [tmp_path / "recon" / "a.png", tmp_path / ".gitignore", tmp_path / ".c.json.tmp",
             Path(tempfile.mkdtemp(prefix=".ckpt.old-", dir=tmp_path))]
     for path in kept[:3]:
         path.write_bytes(b"x")
-    killed = [Path(tempfile.mkstemp(prefix=".a.png.", dir=tmp_path / "recon")[1]),
-              Path(tempfile.mkdtemp(prefix=".ckpt.tmp-", dir=tmp_path)),
-              Path(tempfile.mkdtemp(prefix=".step_0000004.tmp-", dir=tmp_path))]
+    writing = atomic_file(tmp_path / "recon" / "a.png")  # entered and never finished, as if killed
+    killed = [writing.__enter__(), temporary_folder(tmp_path / "ckpt"), temporary_folder(step_folder(tmp_path, 4))]
     (killed[1] / "model.safetensors").write_bytes(b"half")
     assert remove_interrupted_writes(tmp_path) == 3
     assert not any(p.exists() for p in killed) and all(p.exists() for p in kept)

@@ -20,10 +20,9 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
-from ..atomic import default_mode, folder_bytes, free_space_note, remove_interrupted_writes
+from ..atomic import folder_bytes, free_space_note, remove_interrupted_writes, temporary_folder
 from ..checksums import file_sha256, json_checksum
 from ..errors import CheckpointError, WriteError
 from ..state_dicts import load_safetensors
@@ -158,7 +157,7 @@ def save(accelerator, root: Path, step: int, state: dict, keep_last: int) -> Non
     temporary = None
     try:
         if accelerator.is_main_process:
-            temporary = new_temporary_folder(root, step)
+            temporary = temporary_folder(step_folder(root, step))
         temporary = Path(broadcast_object_list([str(temporary)])[0])
         accelerator.save_state(str(temporary))
         accelerator.wait_for_everyone()
@@ -167,13 +166,6 @@ def save(accelerator, root: Path, step: int, state: dict, keep_last: int) -> Non
     except Exception as e:
         raise write_failed(e, temporary, root, step) from e
     accelerator.wait_for_everyone()
-
-
-def new_temporary_folder(root: Path, step: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.tmp-", dir=root))
-    os.chmod(folder, default_mode(folder=True))
-    return folder
 
 
 def finish(temporary: Path, root: Path, step: int, state: dict, keep_last: int) -> Path:
