@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .atomic import atomic_file
-from .cli_common import add_version_argument, add_weights_argument, default_device, load_model, positive_int
+from .cli_common import add_version_argument, add_weights_argument, default_device, import_model_libraries, load_model, positive_int
 from .errors import OneDCError
 
 PROGRAM = "onedc"
@@ -51,6 +51,7 @@ def _progress(total: int, unit: str):
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
+    import_model_libraries()
     from .bitstream import bits_per_pixel
     from .image_io import load_image
 
@@ -112,6 +113,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def cmd_decompress(args: argparse.Namespace) -> None:
+    import_model_libraries()
     from PIL import Image
 
     from . import bitstream

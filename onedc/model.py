@@ -47,8 +47,8 @@ from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
 from .limits import check_size
 from .profiling import stage
-from .state_dicts import check_keys, load_safetensors
-from .weights import load_frozen_weights
+from .state_dicts import check_keys, load_into, load_safetensors
+from .weights import externally_loaded_parts, load_frozen_weights
 
 CHECKPOINT_FORMAT = "onedc-checkpoint"
 CHECKPOINT_VERSION = 2
@@ -153,6 +153,31 @@ def read_metadata(path: Path) -> dict:
     return meta
 
 
+def read_checkpoint(path: Path) -> tuple[dict, ModelConfig, dict[str, torch.Tensor]]:
+    """A checkpoint folder's metadata, model config and trainable weights; CheckpointError if
+    the folder or a file is missing, or the metadata or config is invalid."""
+    meta_path, weights_path = path / METADATA_FILE, path / WEIGHTS_FILE
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {path}")
+    for required in (meta_path, weights_path):
+        if not required.is_file():
+            raise CheckpointError(f"incomplete checkpoint {path}: {required.name} is missing")
+    meta = read_metadata(meta_path)
+    try:
+        config = model_config_from_dict(meta["model_config"], source=str(meta_path))
+    except (KeyError, ConfigError) as e:
+        raise CheckpointError(f"{meta_path} holds no valid model config: {e}") from e
+    return meta, config, load_safetensors(weights_path, error=CheckpointError)
+
+
+def read_bundled_frozen(path: Path, digest: str) -> dict[str, torch.Tensor]:
+    """The frozen weights bundled in a checkpoint folder, checked against their digest."""
+    state = load_safetensors(path / FROZEN_FILE, error=CheckpointError)
+    if tensor_digest(state).hex() != digest:
+        raise CheckpointError(f"{path / FROZEN_FILE}: digest mismatch with {METADATA_FILE}: the file is corrupt or was replaced")
+    return state
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "replicate") -> torch.Tensor:
     """Pad (B, C, H, W) at the bottom and right to multiples of `multiple`: "replicate" repeats
     the last row and column; "reflect" mirrors the image about them, as often as needed (one
@@ -195,55 +220,58 @@ class OneDC(nn.Module):
             return cls(config)
 
     @classmethod
+    def without_weights(cls, config: ModelConfig) -> "OneDC":
+        """Built with its parameters on the meta device (no memory, no random initialisation)
+        and its buffers computed: a model whose every weight is then loaded from files."""
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            return cls(config)
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, weight_paths: dict[str, str | None] | None = None) -> "OneDC":
         """A usable model from a checkpoint folder written by `save_pretrained` (or by
         `onedc import-official`): its trainable weights, the frozen weights bundled with it,
         and the external frozen weights its config names (the DMD2 U-Net and the SD2.1 VAE at
         full size; looked up as `onedc weights check` does, `weight_paths` overriding the
-        weights config). WeightsError with the command to get them if any is missing."""
-        model = cls.from_checkpoint_weights(path)
+        weights config). WeightsError with the command to get them if any is missing.
+
+        Where files hold every weight (the full-size configs) the model is built without
+        initialising them and takes the loaded tensors (13 s less on 2 cores at full size,
+        docs/benchmarks.md); otherwise (the tiny configs, whose frozen parts are seeded) on the
+        seeded initialisation."""
+        path = Path(path)
+        meta, config, state = read_checkpoint(path)
+        bundled = read_bundled_frozen(path, meta["frozen_digest"]) if meta.get("frozen_digest") else {}
+        model = cls.without_weights(config)
+        if not model.weights_all_from_files(bundled):
+            model = cls.untrained(config)
+        model.lmbda = meta.get("lmbda")
+        model.load_trainable_state_dict(state, source=str(path / WEIGHTS_FILE))
+        if model.weights_digest().hex() != meta.get("weights_digest"):
+            raise CheckpointError(f"{path / WEIGHTS_FILE}: digest mismatch with {METADATA_FILE}: the file is corrupt or was replaced")
+        if bundled:
+            model.load_bundled_frozen(bundled, source=str(path / FROZEN_FILE))
         load_frozen_weights(model, weight_paths)
         return model
 
-    @classmethod
-    def from_checkpoint_weights(cls, path: str | Path) -> "OneDC":
-        """The checkpoint's own weights (trainable and bundled frozen ones) on the seeded
-        initialisation, without the external frozen weights: what `from_pretrained` starts from."""
-        path = Path(path)
-        meta_path, weights_path = path / METADATA_FILE, path / WEIGHTS_FILE
-        if not path.is_dir():
-            raise CheckpointError(f"checkpoint folder not found: {path}")
-        for required in (meta_path, weights_path):
-            if not required.is_file():
-                raise CheckpointError(f"incomplete checkpoint {path}: {required.name} is missing")
-        meta = read_metadata(meta_path)
-        try:
-            config = model_config_from_dict(meta["model_config"], source=str(meta_path))
-        except (KeyError, ConfigError) as e:
-            raise CheckpointError(f"{meta_path} holds no valid model config: {e}") from e
-        state = load_safetensors(weights_path, error=CheckpointError)
-        model = cls.untrained(config)
-        model.lmbda = meta.get("lmbda")
-        model.load_trainable_state_dict(state, source=str(weights_path))
-        if model.weights_digest().hex() != meta.get("weights_digest"):
-            raise CheckpointError(f"{weights_path}: digest mismatch with {meta_path.name}: the file is corrupt or was replaced")
-        if meta.get("frozen_digest"):
-            model.load_bundled_frozen(path / FROZEN_FILE, meta["frozen_digest"])
-        return model
+    def weights_all_from_files(self, bundled: dict[str, torch.Tensor]) -> bool:
+        """Whether loading a checkpoint replaces every weight: the trainable ones, `bundled`
+        frozen ones, and those of the parts whose external weights the config names."""
+        external = tuple(f"{part}." for part in externally_loaded_parts(self.config.external))
+        trainable = self.trainable_state_dict()
+        return all(k in trainable or k in bundled or k.startswith(external) for k in self.state_dict())
 
-    def load_bundled_frozen(self, path: Path, digest: str) -> None:
+    def load_bundled_frozen(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Frozen weights shipped inside a checkpoint (e.g. the DMD2 U-Net base of an imported
         official release): a subset of the frozen keys, each with its shape."""
-        state = load_safetensors(path, error=CheckpointError)
-        if tensor_digest(state).hex() != digest:
-            raise CheckpointError(f"{path}: digest mismatch with {METADATA_FILE}: the file is corrupt or was replaced")
         trainable = self.trainable_state_dict()
         frozen = {k: v.shape for k, v in self.state_dict().items() if k not in trainable}
         unknown = sorted(set(state) - set(frozen))
         if unknown:
-            raise CheckpointError(f"{path}: {len(unknown)} keys that are not frozen weights of {self.config.name} (e.g. {unknown[:3]})")
-        check_keys({k: frozen[k] for k in state}, state, str(path), f"model {self.config.name}", error=CheckpointError)
-        self.load_state_dict(state, strict=False)
+            raise CheckpointError(f"{source}: {len(unknown)} keys that are not frozen weights of {self.config.name} (e.g. {unknown[:3]})")
+        check_keys({k: frozen[k] for k in state}, state, source, f"model {self.config.name}", error=CheckpointError)
+        load_into(self, state)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a checkpoint stores (those not frozen), keys as in `state_dict()`."""
@@ -256,8 +284,7 @@ class OneDC(nn.Module):
         """Strict: every trainable key must be present with its shape, nothing else."""
         expected = {k: v.shape for k, v in self.trainable_state_dict().items()}
         check_keys(expected, state, source, f"model {self.config.name}", error=CheckpointError)
-        # strict=False: the frozen weights are absent by design; the key check above is strict.
-        self.load_state_dict(state, strict=False)
+        load_into(self, state)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write a checkpoint folder atomically: into a temporary folder, then renamed."""

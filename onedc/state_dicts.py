@@ -62,6 +62,18 @@ def check_keys(
         raise error(f"{source} does not fit the {what}: " + "; ".join(p for p in parts if p))
 
 
+def load_into(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load `state`, whose keys and shapes were checked against `module`, into it. A tensor on
+    the meta device (of a model built without initialising its weights) is replaced by the
+    loaded one cast to its dtype; any other is copied into in place."""
+    current = module.state_dict(keep_vars=True)
+    empty = {k for k in state if current[k].is_meta}
+    if empty:
+        module.load_state_dict({k: state[k].to(current[k].dtype) for k in empty}, strict=False, assign=True)
+    if len(empty) < len(state):
+        module.load_state_dict({k: v for k, v in state.items() if k not in empty}, strict=False)
+
+
 def shapes(state: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in state.items()}
 

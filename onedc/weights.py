@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, WeightsError
-from .state_dicts import DIFFUSERS_WEIGHT_FILES, TRANSFORMERS_WEIGHT_FILES, check_keys, read_state_dict, shapes
+from .state_dicts import DIFFUSERS_WEIGHT_FILES, TRANSFORMERS_WEIGHT_FILES, check_keys, load_into, read_state_dict, shapes
 
 DMD2_FILE = (
     "model/sdv1.5/laion6.25_sd_baseline_8node_guidance1.75_lr5e-7_seed10_dfake10_diffusion1000_gan1e-3_"
@@ -209,7 +209,7 @@ def load_unet_base(unet: nn.Module, path: Path) -> None:
     rename = {k.replace(".base_layer.", "."): k for k in base}
     state = {rename.get(k, k): v for k, v in read_state_dict(path).items() if not k.startswith("conv_in.")}
     check_keys(shapes(base), state, str(path), "U-Net base")
-    unet.load_state_dict(state, strict=False)
+    load_into(unet, state)
 
 
 def load_module(module: nn.Module, path: Path, what: str, skip: tuple[str, ...] = ()) -> None:
@@ -217,7 +217,7 @@ def load_module(module: nn.Module, path: Path, what: str, skip: tuple[str, ...] 
     `skip` are left out first (for known, harmless extras)."""
     state = {k: v for k, v in read_state_dict(path).items() if not (skip and k.endswith(skip))}
     check_keys(shapes(module.state_dict()), state, str(path), what)
-    module.load_state_dict(state)
+    load_into(module, state)
 
 
 def load_vae(vae: nn.Module, path: Path) -> None:
@@ -243,17 +243,27 @@ def load_tokenizer(tokenizer: nn.Module, path: Path) -> None:
     its `decoder.*` keys are skipped."""
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("decoder.")}
     check_keys(shapes(tokenizer.state_dict()), state, str(path), "MaskGIT tokenizer")
-    tokenizer.load_state_dict(state)
+    load_into(tokenizer, state)
+
+
+# The frozen parts of a OneDC that external weights replace: the key of config.external naming
+# them -> (the submodule they load into, its loader).
+EXTERNAL_FROZEN_PARTS = {"unet": ("generator.unet", load_unet_base), "vae": ("vae", load_vae)}
+
+
+def externally_loaded_parts(external) -> list[str]:
+    """The OneDC submodules (`generator.unet`, `vae`) whose frozen weights come from external
+    files under the model config's `external` section; the others keep their seeded values."""
+    return [part for key, (part, _) in EXTERNAL_FROZEN_PARTS.items() if getattr(external, key) is not None]
 
 
 def load_frozen_weights(model, weight_paths: dict[str, str | None] | None = None) -> None:
     """Load the frozen U-Net base and VAE of a OneDC named in `model.config.external`; null
     entries keep their seeded initialisation. WeightsError if one is missing or misfits."""
-    ext = model.config.external
-    targets = {"unet": (ext.unet, load_unet_base, model.generator.unet), "vae": (ext.vae, load_vae, model.vae)}
-    for key, (name, load, module) in targets.items():
+    for key, (part, load) in EXTERNAL_FROZEN_PARTS.items():
+        name = getattr(model.config.external, key)
         if name is None:
             continue
         if name not in EXTERNAL_WEIGHTS:
             raise ConfigError(f"external.{key}: unknown weights {name!r}; known: {', '.join(EXTERNAL_WEIGHTS)}")
-        load(module, require(name, weight_paths))
+        load(model.get_submodule(part), require(name, weight_paths))

@@ -114,3 +114,22 @@ def test_the_three_commands_share_version_weights_and_a_torch_free_help(capsys):
     out = run_python("-c", "import sys\nfrom onedc.cli import build_parser\nfrom onedc.eval.cli import _parser\n"
                      "from onedc.train.cli import hydra_arguments\nbuild_parser(); _parser()\nprint('torch' in sys.modules)")
     assert out.strip() == "False"
+
+
+def test_model_libraries_are_imported_once_with_their_objects_frozen():
+    """The coding commands import torch, diffusers and peft with the garbage collector paused
+    and freeze what the imports made (not collected again, at exit either); once per process,
+    so what the program makes later stays collectable."""
+    out = run_python("-c", """
+import gc, sys
+from onedc.cli_common import import_model_libraries
+import_model_libraries()
+frozen = gc.get_freeze_count()
+print("onedc.model" in sys.modules, gc.isenabled(), frozen > 100_000)
+cycle = [[]]
+cycle[0].append(cycle)
+del cycle
+import_model_libraries()
+print(gc.get_freeze_count() == frozen, gc.collect() > 0)
+""")
+    assert out.split() == ["True"] * 5

@@ -66,6 +66,36 @@ def test_dmd2_style_bin_loads_through_the_model_and_misfits_are_clear(tiny_confi
         load_frozen_weights(model, {"dmd2_unet": str(bin_path)})
 
 
+def test_a_checkpoint_whose_weights_all_come_from_files_is_loaded_without_initialising_them(tiny_config, photos, tmp_path, monkeypatch):
+    """As every full-size checkpoint: the trainable weights in the checkpoint, the frozen ones
+    external (here the U-Net base in float16, as DMD2's file). The model is built on the meta
+    device and takes the loaded tensors (no seeded initialisation: `untrained` is not called),
+    and is bit for bit the model that loading onto the seeded initialisation gives."""
+    config = with_external(dataclasses.replace(tiny_config, seed=7), unet="dmd2_unet", vae="sd21_vae")
+    donor = OneDC.untrained(config)
+    donor.lmbda = 4.6
+    donor.save_pretrained(tmp_path / "ckpt")
+    base = {k.replace(".base_layer.", "."): v.half() for k, v in donor.generator.unet.state_dict().items()
+            if ".lora_" not in k and not k.startswith("conv_in.")}
+    torch.save(base, tmp_path / "dmd2.bin")
+    donor.vae.save_pretrained(tmp_path / "vae")
+    weights = {"dmd2_unet": str(tmp_path / "dmd2.bin"), "sd21_vae": str(tmp_path / "vae")}
+    expected = OneDC.untrained(config)
+    expected.lmbda = 4.6
+    load_frozen_weights(expected, weights)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(OneDC, "untrained", None)
+        loaded = OneDC.from_pretrained(tmp_path / "ckpt", weights)
+    reference, state = expected.state_dict(), loaded.state_dict()
+    assert state.keys() == reference.keys()
+    assert all(state[k].dtype == reference[k].dtype and torch.equal(state[k], reference[k]) for k in reference)
+    image = photos["chelsea"][:, :128, :192]
+    data = loaded.eval().compress(image)
+    assert data == expected.eval().compress(image)
+    assert torch.equal(loaded.decompress(data), expected.decompress(data))
+
+
 def test_vae_and_tokenizer_files(tiny_config, tmp_path):
     donor = OneDC.untrained(dataclasses.replace(tiny_config, seed=5))
     donor.vae.save_pretrained(tmp_path / "vae")

@@ -1,0 +1,104 @@
+"""Benchmark: start-up of the coding commands, wall time and peak memory of `onedc decompress`
+and `onedc compress`, each run a fresh process.
+
+--model onedc_tiny (default): a 128x128 image, the untrained tiny model (no checkpoint).
+--model onedc_sd15: a 256x256 image, a full-size checkpoint of the untrained model, with its
+frozen parts written as the external weight files (a DMD2-style U-Net file and a diffusers VAE
+folder; 5.6 GB in --workdir): what loading a real release costs, with random weights.
+
+With --baseline DIR (a checkout of another commit, e.g. `git worktree add /tmp/base HEAD~1`),
+the two code trees run interleaved, so both see the same machine load. Prints every run and the
+median per tree and command. Example: python scripts/bench_startup.py --runs 5 --baseline /tmp/base
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import skimage.data
+from PIL import Image
+
+HERE = Path(__file__).resolve().parents[1]
+
+
+def timed_run(tree: Path, args: list[str], folder: Path) -> tuple[float, float]:
+    """(wall seconds, peak resident GB) of `python -m onedc.cli ARGS` run in `folder` (`-m`
+    puts the working folder first on the path), importing onedc from `tree`."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "onedc.cli", *args], env=env, cwd=folder,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"onedc {' '.join(args)} failed: {child.stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1e6
+
+
+MAKE_FULL_SIZE_FILES = """
+import sys
+from pathlib import Path
+from safetensors.torch import save_file
+from onedc import OneDC, load_model_config
+folder = Path(sys.argv[1])
+model = OneDC.untrained(load_model_config("onedc_sd15"))
+model.lmbda = 4.6
+base = {k.replace(".base_layer.", "."): v.contiguous() for k, v in model.generator.unet.state_dict().items()
+        if ".lora_" not in k and not k.startswith("conv_in.")}
+save_file(base, folder / "dmd2_unet.safetensors")
+model.vae.save_pretrained(folder / "vae")
+model.save_pretrained(folder / "ckpt")
+"""
+
+
+def full_size_files(folder: Path) -> list[str]:
+    """A full-size checkpoint and its external weights in `folder` (made once, in a process of
+    their own: a child's peak memory counts from its parent's at the fork); the options that
+    point the commands at them."""
+    if not (folder / "ckpt" / "onedc.json").is_file():
+        subprocess.run([sys.executable, "-c", MAKE_FULL_SIZE_FILES, str(folder)], check=True)
+    return ["--checkpoint", str(folder / "ckpt"), "--weights", f"dmd2_unet={folder / 'dmd2_unet.safetensors'}",
+            "--weights", f"sd21_vae={folder / 'vae'}", "--device", "cpu"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--model", choices=("onedc_tiny", "onedc_sd15"), default="onedc_tiny")
+    parser.add_argument("--baseline", type=Path, help="another checkout, timed interleaved with this one")
+    parser.add_argument("--workdir", type=Path, help="where the full-size files are made (kept); default: a temporary folder")
+    args = parser.parse_args()
+    trees = {"this": HERE, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        side = 128 if args.model == "onedc_tiny" else 256
+        options = [] if args.model == "onedc_tiny" else full_size_files(work)
+        image, file = work / "astronaut.png", work / "astronaut.onedc"
+        Image.fromarray(skimage.data.astronaut()).resize((side, side), Image.BICUBIC).save(image)
+        commands = {"decompress": ["decompress", str(file), str(work / "out.png"), *options],
+                    "compress": ["compress", str(image), str(file), *options]}
+        for tree in trees.values():  # the file to decode, and numba's kernel cache of each tree
+            timed_run(tree, commands["compress"], work)
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for run in range(args.runs):
+            for name, tree in trees.items():
+                for command, argv in commands.items():
+                    seconds, peak = timed_run(tree, argv, work)
+                    times.setdefault((name, command), []).append((seconds, peak))
+                    print(f"run {run + 1} {name} {command}: {seconds:.2f} s, peak {peak:.2f} GB", flush=True)
+    for (name, command), values in times.items():
+        seconds = [s for s, _ in values]
+        print(f"{args.model} {name} {command}: median {statistics.median(seconds):.2f} s, range {min(seconds):.2f}-"
+              f"{max(seconds):.2f} s, peak memory {max(p for _, p in values):.2f} GB over {len(values)} runs")
+
+
+if __name__ == "__main__":
+    main()
