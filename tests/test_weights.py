@@ -94,6 +94,12 @@ def test_a_checkpoint_whose_weights_all_come_from_files_is_loaded_without_initia
     data = loaded.eval().compress(image)
     assert data == expected.eval().compress(image)
     assert torch.equal(loaded.decompress(data), expected.decompress(data))
+    # the weights may be the files' memory maps: training them in place must not write the files
+    files = {path: path.read_bytes() for path in (tmp_path / "ckpt" / "model.safetensors", tmp_path / "vae" / "diffusion_pytorch_model.safetensors")}
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.add_(1.0)
+    assert all(path.read_bytes() == content for path, content in files.items())
 
 
 def test_vae_and_tokenizer_files(tiny_config, tmp_path):
