@@ -208,6 +208,7 @@ class OneDC(nn.Module):
         self.codec = LatentCodec(config.codec, config.blocks)
         self.generator = OneStepGenerator(config.generator, config.codec.synthesis.out_channels)
         self.frozen_dtype = torch.float32  # of the U-Net base and the VAE (`for_decoding`)
+        self.decoder_compiled = False  # `compile_decoder`
         self._digest: tuple[tuple, bytes] | None = None
         self._fixed_digest: bytes | None = None  # the identity of a decoding-only model
 
@@ -510,6 +511,7 @@ class OneDC(nn.Module):
         compiles on its first decode, which then takes the compile time). Returns self."""
         self.generator.unet.compile(dynamic=False)
         self.vae.decoder.compile(dynamic=False)
+        self.decoder_compiled = True
         return self
 
 

@@ -140,7 +140,8 @@ def main() -> None:
             load_features(folder, path.stem, distribution.protocol.name)
         read_s = (clock() - start) / len(images)
         start = clock()
-        summary = summarize(folder, images, suite, "bench", {"identity": model.identity.describe(), "lmbda": model.lmbda}, precision)
+        summary = summarize(folder, images, suite, "bench", {"identity": model.identity.describe(), "lmbda": model.lmbda,
+                                                              "compiled": model.decoder_compiled}, precision)
         merge_s = clock() - start
         compute_s = max(0.0, merge_s - read_s * len(images))
         # from the PNGs: one process reads both PNGs of every image and runs Inception on them

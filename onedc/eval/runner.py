@@ -137,7 +137,8 @@ def share(batches: list[list[Path]], process: int, processes: int) -> list[list[
 
 def summarize(folder: Path, images: list[Path], suite: MetricSuite, curve_name: str, model: dict, precision: str) -> dict:
     """Merge the records and features of every image of `folder` into its summary (written as
-    summary.json): means over images, FID/KID per protocol. `model` = {"identity", "lmbda"}.
+    summary.json): means over images, FID/KID per protocol. `model` = {"identity", "lmbda",
+    "compiled" (the decoder ran under torch.compile)}.
     OneDCError naming the unfinished images if some are missing."""
     missing = [p.stem for p in images if not is_done(folder, p.stem, model["identity"], suite.names, bool(suite.distribution))]
     if missing:
@@ -145,7 +146,7 @@ def summarize(folder: Path, images: list[Path], suite: MetricSuite, curve_name: 
                          f"{', ...' if len(missing) > 5 else ''}); rerun the same command to finish them")
     records = [json.loads(record_path(folder, p.stem).read_text()) for p in images]
     summary = {"curve": curve_name, "rate_point": folder.name, "model": model["identity"], "lmbda": model["lmbda"],
-               "images": len(records), "precision": precision}
+               "images": len(records), "precision": precision, "compiled": model["compiled"]}
     for key in MEANS:
         values = [r[key] for r in records if r.get(key) is not None and not math.isnan(r[key])]
         summary[key] = sum(values) / len(values) if values else None
@@ -300,7 +301,7 @@ def evaluate(rate_points: Sequence[Callable[[], OneDC]], setting: Setting, paths
             batches = broadcast_object_list([pending_batches(images, sizes, folder, identity, suite, batch_size) if main else None])[0]
             code_batches(model, share(batches, state.process_index, state.num_processes), folder, suite, precision, workers,
                          (state.process_index, state.num_processes))
-            evaluated.append((folder, {"identity": identity, "lmbda": model.lmbda}))
+            evaluated.append((folder, {"identity": identity, "lmbda": model.lmbda, "compiled": model.decoder_compiled}))
             del model
         state.wait_for_everyone()
     finally:
