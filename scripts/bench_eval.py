@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("bf16", "fp32"), help="default: bf16 on a GPU, else fp32")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net and VAE decoder (compiled by the warm-up batch)")
     parser.add_argument("--weights", action="append", default=[], metavar="NAME=PATH", help="external weight location")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by the process's CPU time, not wall time (a shared, loaded machine: use OMP_NUM_THREADS=1 "
@@ -109,6 +110,8 @@ def main() -> None:
         external.load_frozen_weights(model, weight_paths)
     model.lmbda = 4.6
     model = model.to(args.device).eval()
+    if args.compile:
+        model.compile_decoder()
     suite = build_suite(args.size, weight_paths, args.device, notes)
     distribution = suite.distribution[0]
 

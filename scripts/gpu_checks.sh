@@ -15,9 +15,10 @@
 #     setting, optimizer.fused=false) and with the speed settings (fused AdamW, the default now,
 #     train.frozen_bf16, train.channels_last; Stage II also the VAE decoder checkpointed: "after");
 #     Stage I's 1024^2 policy at its batch (8 x 0.25 = 2); Stage I with train.compile last
-#   eval part (about 3 minutes): evaluation throughput, full size, batch 8 x 512^2, bf16, all
+#   eval part (about 5 minutes): evaluation throughput, full size, batch 8 x 512^2, bf16, all
 #     metrics (LPIPS, DISTS, FID features; random backbones where their weights are missing), and
-#     the projected wall time of MS-COCO 30K x 7 rate points on 1 and 8 GPUs
+#     the projected wall time of MS-COCO 30K x 7 rate points on 1 and 8 GPUs; eager, then with
+#     the decoder compiled (onedc-eval run --compile; compiled by the warm-up batch)
 # Random full-size weights (--random-weights / untrained): the compute is that of the real models.
 # Usage: bash scripts/gpu_checks.sh [LOG_DIR] [codec|train|eval|all]   (default: gpu_logs all)
 set -uo pipefail
@@ -54,4 +55,5 @@ if [ "$PART" = train ] || [ "$PART" = all ]; then
 fi
 if [ "$PART" = eval ] || [ "$PART" = all ]; then
   step eval 200 $PY scripts/bench_eval.py --model onedc_sd15 --random-weights --size 512 --images 40 --batch-size 8 --workers 4 --device cuda --json "$LOG/eval.json"
+  step eval_compile 300 $PY scripts/bench_eval.py --model onedc_sd15 --random-weights --size 512 --images 40 --batch-size 8 --workers 4 --device cuda --compile --json "$LOG/eval_compile.json"
 fi
