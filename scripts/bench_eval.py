@@ -168,7 +168,8 @@ def main() -> None:
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"model {args.model}{' (random weights)' if args.random_weights else ''}, {args.size}x{args.size}, "
-          f"{len(images)} images, batch {args.batch_size}, {args.workers} reading workers, {precision}, {device_name}"
+          f"{len(images)} images, batch {args.batch_size}, {args.workers} reading workers, {precision}"
+          f"{', compiled' if args.compile else ''}, {device_name}"
           f"{', by CPU time' if args.cpu_time else ''}")
     for note in notes:
         print(f"  note: {note}")
@@ -187,6 +188,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": args.model, "size": args.size, "images": len(images), "batch_size": args.batch_size, "precision": precision,
+            "compiled": args.compile,
             "device": device_name, "cpu_time": args.cpu_time, "images_per_s": rate, "encode_s": mean["encode_s"], "decode_s": mean["decode_s"],
             "features_s": features_s, "merge_read_s_per_image": read_s, "merge_compute_s": compute_s,
             "png_features_s": png_features_s, "projected": projected, "notes": notes}, indent=1) + "\n")
