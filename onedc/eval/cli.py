@@ -15,7 +15,15 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli_common import add_version_argument, add_weights_argument, default_device, load_model, non_negative_int, positive_int
+from ..cli_common import (
+    add_version_argument,
+    add_weights_argument,
+    default_device,
+    import_model_libraries,
+    load_model,
+    non_negative_int,
+    positive_int,
+)
 from ..errors import OneDCError
 
 PROGRAM = "onedc-eval"
@@ -115,6 +123,7 @@ def expand_checkpoints(patterns: list[str]) -> list[str]:
 
 
 def _run(args) -> int:
+    import_model_libraries()
     from functools import partial
 
     from accelerate import PartialState
@@ -144,6 +153,7 @@ def _run(args) -> int:
 
 
 def _complexity(args) -> int:
+    import_model_libraries()
     from .. import weights as external
     from .complexity import format_profile, format_table_a, measure
 
