@@ -116,6 +116,17 @@ class Chromium:
         self.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
         return base64.b64decode(self.call("Page.captureScreenshot", session=True, format="png")["data"])
 
+    def screenshot_until(self, check, timeout: float = 20.0) -> bytes:
+        """A screenshot for which `check(png)` holds, retaken every 0.2 s; the last one after
+        `timeout` s. Chromium rasters a tall page tile by tile, and under load tiles can still be
+        black two frames after the page painted (seen twice in CI)."""
+        deadline = time.monotonic() + timeout
+        shot = self.screenshot()
+        while not check(shot) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            shot = self.screenshot()
+        return shot
+
     def requests(self) -> list[str]:
         """URLs of every request the page has made since it was opened."""
         while True:  # drain what has arrived

@@ -88,9 +88,13 @@ def area(screenshot: Image.Image, rect: dict) -> np.ndarray:
     return np.asarray(screenshot.convert("RGB").crop(box), dtype=int)
 
 
-def assert_drawn(pixels: np.ndarray) -> None:
+def is_drawn(pixels: np.ndarray) -> bool:
     """An image, not a blank or flat box."""
-    assert pixels.std() > 10 and (pixels.mean(axis=2) < 200).mean() > 0.01, "blank area"
+    return bool(pixels.std() > 10 and (pixels.mean(axis=2) < 200).mean() > 0.01)
+
+
+def assert_drawn(pixels: np.ndarray) -> None:
+    assert is_drawn(pixels), "blank area"
 
 
 def test_report_renders_offline_with_panels_crops_and_zoom(browser, tmp_path):
@@ -99,7 +103,8 @@ def test_report_renders_offline_with_panels_crops_and_zoom(browser, tmp_path):
     height = browser.evaluate("document.documentElement.scrollHeight")
     browser.resize(height)  # the whole page in one screenshot
     decode_images(browser)
-    screenshot = browser.screenshot()
+    images = rects(browser, "img.rd, #page img.zoomable")
+    screenshot = browser.screenshot_until(lambda png: all(is_drawn(area(Image.open(io.BytesIO(png)), r)) for r in images))
     (tmp_path / "report.png").write_bytes(screenshot)  # to look at
     shot = Image.open(io.BytesIO(screenshot))
     assert shot.size == (1400, height)
