@@ -68,7 +68,6 @@ def load_model(program: str, checkpoint: str | None, model_name: str | None, def
     """The model of a command, in eval mode on the CPU: the checkpoint folder's, complete
     (`OneDC.from_pretrained`; a `--model` naming another config is ignored with a warning), or
     without one the untrained, seeded `model_name` (or `default_model`), with a warning."""
-    import_model_libraries()
     from .config import load_model_config
     from .model import OneDC
 
