@@ -146,10 +146,17 @@ def cmd_decompress(args: argparse.Namespace) -> None:
         return
     from .image_io import save_image
 
+    compile_s = net.compile_for(data, args.max_pixels)
     image = net.render(rec)
     with atomic_file(output) as tmp:
         save_image(image, tmp, format=image_format)
-    print(f"{output}: {rec.width}x{rec.height} image decoded from {len(data)} bytes ({rec.model.describe()})")
+    print(f"{output}: {rec.width}x{rec.height} image decoded from {len(data)} bytes ({rec.model.describe()})"
+          + _compile_note(net, compile_s))
+
+
+def _compile_note(net, compile_s: float) -> str:
+    """What a compiled decoder spent compiling (not part of decoding), for the closing line."""
+    return f"; compiling the decoder took {compile_s:.1f} s" if net.decoder_compiled else ""
 
 
 def _read(path: Path) -> bytes:
@@ -180,13 +187,16 @@ def _decompress_folder(source: Path, output: Path, args: argparse.Namespace) -> 
         check_size(model_name, "decompress", header.height, header.width, device, args.max_pixels)
     net = _load_model(args, None, model_name, decoding=True)
     paths.sort(key=lambda p: (headers[p].height, headers[p].width))
+    compile_s = 0.0
     with _progress(len(paths), "image") as bar:
         for batch in _batches(paths, lambda p: (headers[p].height, headers[p].width), args.batch):
-            for path, image in zip(batch, net.decompress([_read(p) for p in batch], args.max_pixels)):
+            files = [_read(p) for p in batch]
+            compile_s += net.compile_for(files, args.max_pixels)
+            for path, image in zip(batch, net.decompress(files, args.max_pixels)):
                 with atomic_file(output / f"{path.stem}.png") as tmp:
                     save_image(image, tmp, format="PNG")
             bar.update(len(batch))
-    print(f"{output}: {len(paths)} images decoded ({net.identity.describe()})")
+    print(f"{output}: {len(paths)} images decoded ({net.identity.describe()})" + _compile_note(net, compile_s))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -269,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="a file written by `onedc compress`, or a folder of them")
     p.add_argument("output", help="decoded image (.png, ...), or .safetensors for the latents y_hat and c; a folder (PNGs) for a folder input")
     p.add_argument("--batch", type=int, default=8, help="folder input: files of one image size decoded together (default: 8)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net and the VAE decoder (pays off over many images of one size)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net and the VAE decoder (pays off over many images of one size; "
+                   "each image size and batch size compiles once, before its decode, and the compile time is printed)")
     p.add_argument("--checkpoint", help="checkpoint folder of the model that wrote the file")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_weights_argument(p)

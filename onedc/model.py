@@ -46,7 +46,7 @@ from .generator.one_step_unet import OneStepGenerator, is_trainable
 from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
 from .limits import check_size
-from .profiling import stage
+from .profiling import stage, synchronized_seconds
 from .state_dicts import check_keys, load_into, load_safetensors
 from .weights import externally_loaded_parts, load_frozen_weights
 
@@ -209,6 +209,7 @@ class OneDC(nn.Module):
         self.generator = OneStepGenerator(config.generator, config.codec.synthesis.out_channels)
         self.frozen_dtype = torch.float32  # of the U-Net base and the VAE (`for_decoding`)
         self.decoder_compiled = False  # `compile_decoder`
+        self._compiled_shapes: set[tuple[int, int, int]] = set()  # (batch, height, width) padded: `compile_for`
         self._digest: tuple[tuple, bytes] | None = None
         self._fixed_digest: bytes | None = None  # the identity of a decoding-only model
 
@@ -513,6 +514,25 @@ class OneDC(nn.Module):
         self.vae.decoder.compile(dynamic=False)
         self.decoder_compiled = True
         return self
+
+    def compile_for(self, data: bytes | list[bytes], max_pixels: int | None = None) -> float:
+        """Compile the decoder (after `compile_decoder`) for the shape of `data` (a file, or
+        the files of one `decompress` batch) now, so that timed decodes exclude it: renders
+        their latents twice and returns the compile time in seconds (the first render's time
+        minus the second's, synchronised). 0.0 for an eager decoder or a shape (batch size,
+        padded image size) it has compiled for."""
+        files = [data] if isinstance(data, (bytes, bytearray)) else list(data)
+        header = bitstream.read(files[0])[0]
+        m = self.config.image_multiple
+        shape = (len(files), math.ceil(header.height / m) * m, math.ceil(header.width / m) * m)
+        if not self.decoder_compiled or shape in self._compiled_shapes:
+            return 0.0
+        with torch.no_grad():
+            rec = self._decode_latents(files, max_pixels)
+            first, _ = synchronized_seconds(lambda: self.render(rec), self.device)
+            second, _ = synchronized_seconds(lambda: self.render(rec), self.device)
+        self._compiled_shapes.add(shape)
+        return max(first - second, 0.0)
 
 
 def build_code_predictor(config: ModelConfig) -> CodePredictor:

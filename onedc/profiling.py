@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -63,3 +63,14 @@ def stage(name: str) -> Iterator[None]:
         profile.seconds[name] += total - nested
         if profile._nested:
             profile._nested[-1] += total
+
+
+def synchronized_seconds(fn: Callable[[], object], device: torch.device | str) -> tuple[float, object]:
+    """(wall seconds, result) of one call of `fn`, CUDA work on `device` synchronised before
+    and after it."""
+    profile = StageProfile(device)
+    profile.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    profile.synchronize()
+    return time.perf_counter() - start, result

@@ -33,7 +33,7 @@ from onedc import weights as external
 from onedc.errors import WeightsError
 from onedc.eval.datasets import load_u8, resize_center_crop
 from onedc.eval.metrics import DistributionMetrics, DISTSMetric, LPIPSAlex, Protocol
-from onedc.eval.pipeline import code_batches, load_features, recon_path
+from onedc.eval.pipeline import code_batches, load_features, recon_path, record_path
 from onedc.eval.runner import MetricSuite, summarize
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "stereo_motorcycle", "hubble_deep_field", "retina")
@@ -120,6 +120,7 @@ def main() -> None:
         warmup = photo_set(root / "warmup", args.batch_size, args.size)
         images = photo_set(root / "images", args.images, args.size)
         code_batches(model, [warmup], root / "warm", suite, precision, 0)
+        compile_s = sum(json.loads(record_path(root / "warm", p.stem).read_text())["compile_s"] for p in warmup)
 
         batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
         synchronize(args.device)
@@ -128,7 +129,7 @@ def main() -> None:
         synchronize(args.device)
         seconds = clock() - start
         folder = root / "run"
-        records = [json.loads((folder / "per_image" / f"{p.stem}.json").read_text()) for p in images]
+        records = [json.loads(record_path(folder, p.stem).read_text()) for p in images]
 
         # FID/KID features as computed beside each image (on the device, from the decoded pixels)
         pairs = [(load_u8(p)[0], load_u8(recon_path(folder, p.stem))[0]) for p in images]
@@ -173,6 +174,8 @@ def main() -> None:
           f"{', by CPU time' if args.cpu_time else ''}")
     for note in notes:
         print(f"  note: {note}")
+    if args.compile:
+        print(f"  compiling the decoder (the warm-up batch, not in the figures): {compile_s:.1f} s")
     mean = {k: sum(r[k] for r in records) / len(records) for k in ("encode_s", "decode_s")}
     print(f"  throughput, one process, all metrics:   {rate:8.3f} images/s   ({seconds / len(images):.3f} s/image)")
     if not args.cpu_time:  # the records time coding by the wall clock
@@ -188,7 +191,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "model": args.model, "size": args.size, "images": len(images), "batch_size": args.batch_size, "precision": precision,
-            "compiled": args.compile,
+            "compiled": args.compile, "compile_s": compile_s,
             "device": device_name, "cpu_time": args.cpu_time, "images_per_s": rate, "encode_s": mean["encode_s"], "decode_s": mean["decode_s"],
             "features_s": features_s, "merge_read_s_per_image": read_s, "merge_compute_s": compute_s,
             "png_features_s": png_features_s, "projected": projected, "notes": notes}, indent=1) + "\n")

@@ -29,6 +29,7 @@ def run_python(*args: str) -> str:
 
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # 512x512, 400x600, 300x451, 427x640
+COMPILE_SECONDS = 1.0  # what the conftest's stand-in for torch.compile takes per new shape
 
 
 def photo(name: str) -> torch.Tensor:

@@ -1,11 +1,13 @@
 """Batched coding, decoding-only models and the compiled decoder (tiny model, CPU)."""
 
 import copy
+import re
 
 import pytest
 import torch
 from PIL import Image
 
+from helpers import COMPILE_SECONDS
 from onedc import CheckpointError, OneDCError
 from onedc.cli import main
 
@@ -84,7 +86,33 @@ def test_compiled_decoder_is_within_one_level_of_eager(tiny_model, photos):
     """torch.compile (inductor, CPU) of the tiny U-Net and VAE decoder: 8-bit pixels within 1."""
     data = tiny_model.compress(photos["chelsea"][:, :64, :64])
     eager = tiny_model.decompress(data)
+    assert tiny_model.compile_for(data) == 0.0  # an eager decoder compiles nothing
     compiled = copy.deepcopy(tiny_model).for_decoding().compile_decoder()
+    assert compiled.compile_for(data) > 0
+    assert compiled.compile_for(data) == 0.0  # compiled for this shape already
     image = compiled.decompress(data)
     to8 = lambda x: ((x + 1) * 127.5).round()  # noqa: E731
     assert float((to8(image) - to8(eager)).abs().max()) <= 1
+
+
+def test_decompress_compile_compiles_before_decoding_and_prints_the_time(fitted_model, photos, tmp_path, capsys, stub_compile):
+    """`onedc decompress --compile` (the compile itself stubbed: 1 s per new shape): the image is
+    the eager one, the compile time is printed, and a folder compiles once per batch shape."""
+    checkpoint = tmp_path / "ckpt"
+    fitted_model.save_pretrained(checkpoint)
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        (files / f"{name}.onedc").write_bytes(fitted_model.compress(photos[name][:, :64, :128]))
+    source = files / "coffee.onedc"
+    assert main(["decompress", str(source), str(tmp_path / "eager.png"), "--checkpoint", str(checkpoint)]) == 0
+    assert "compiling" not in capsys.readouterr().out
+    assert main(["decompress", str(source), str(tmp_path / "compiled.png"), "--checkpoint", str(checkpoint), "--compile"]) == 0
+    seconds = float(re.search(r"compiling the decoder took ([0-9.]+) s", capsys.readouterr().out).group(1))
+    assert seconds >= 0.5 * COMPILE_SECONDS
+    with Image.open(tmp_path / "eager.png") as eager, Image.open(tmp_path / "compiled.png") as compiled:
+        assert eager.tobytes() == compiled.tobytes()
+    # 3 files of one size in batches of 2: shapes (2, 64, 128) and (1, 64, 128), one compile each
+    assert main(["decompress", str(files), str(tmp_path / "out"), "--checkpoint", str(checkpoint), "--compile", "--batch", "2"]) == 0
+    seconds = float(re.search(r"3 images decoded .*compiling the decoder took ([0-9.]+) s", capsys.readouterr().out).group(1))
+    assert 1.5 * COMPILE_SECONDS <= seconds < 3 * COMPILE_SECONDS

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=positive_int, default=1, help="images of one size coded together (per process)")
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the U-Net and VAE decoder (each image size and batch size compiles once; "
-                          "pixels within one 8-bit step of eager)")
+                          "pixels within one 8-bit step of eager; the summaries record the compile time apart from decode_s)")
     run.add_argument("--workers", type=non_negative_int, default=2, help="image-reading processes per evaluating process")
     add_weights_argument(run)
 

@@ -94,8 +94,9 @@ def measure(model: OneDC, sizes: list[str | int], repeat: int = 5, precision: st
     "768x512", a random image) on the model's device, and the decode memory (weights vs
     activations) at the first size. Encodes with `model`, then turns it into a decoder in place
     (`OneDC.for_decoding`: encoder parts dropped; frozen weights in bf16 on a GPU under bf16
-    precision; `compile_decoder`: torch.compile, whose first decode per size is reported as
-    compile time) and decodes. Returns a JSON-ready dict keyed by the sizes as given."""
+    precision; `compile_decoder`: torch.compile, compiled per size before the timing by
+    `OneDC.compile_for`, whose seconds are reported as compile_s) and decodes. Returns a
+    JSON-ready dict keyed by the sizes as given."""
     device = model.device
     cuda = device.type == "cuda"
 
@@ -123,11 +124,11 @@ def measure(model: OneDC, sizes: list[str | int], repeat: int = 5, precision: st
     for i, size in enumerate(sizes):
         row = rows[str(size)]
         with autocast():
-            first_s, _ = _first_call(lambda: model.decompress(files[size]), device)
+            compile_s = model.compile_for(files[size])
         t_dec, dec_stages, _ = median(lambda: model.decompress(files[size]))
         row.update(decode_s=round(t_dec, 4), decode_stages_s=_rounded(dec_stages))
         if compile_decoder:
-            row["compile_s"] = round(first_s - t_dec, 2)
+            row["compile_s"] = round(compile_s, 2)
         if i == 0:
             row["decode_memory_mb"] = _decode_memory(model, files[size], autocast) if cuda else _cpu_memory(model)
     return {
@@ -145,16 +146,6 @@ def measure(model: OneDC, sizes: list[str | int], repeat: int = 5, precision: st
 
 def _rounded(seconds: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in seconds.items()}
-
-
-def _first_call(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    """(seconds, result) of one synchronised call."""
-    with StageProfile(device) as profile:
-        profile.synchronize()
-        start = time.perf_counter()
-        result = fn()
-        profile.synchronize()
-    return time.perf_counter() - start, result
 
 
 def _decode_memory(model: OneDC, data: bytes, autocast) -> dict:
@@ -241,7 +232,7 @@ def format_table_a(measured: dict, size: str | int | None = None, bd_rates: dict
     compile_s = {s: r["compile_s"] for s, r in measured["sizes"].items() if "compile_s" in r}
     if compile_s:
         times = ", ".join(f"{_label(s)} {v:.1f} s" for s, v in compile_s.items())
-        notes.append(f"Compile time (first decode per size, not in the times): {times}.")
+        notes.append(f"Compile time (per size: the first decode's time minus the second's; not in the times): {times}.")
     if "peak" in memory:
         notes.append(
             f"Peak decode memory at {_label(first)}: {memory['peak']:,} MB = {memory['weights']:,} MB weights + "

@@ -137,7 +137,8 @@ def share(batches: list[list[Path]], process: int, processes: int) -> list[list[
 
 def summarize(folder: Path, images: list[Path], suite: MetricSuite, curve_name: str, model: dict, precision: str) -> dict:
     """Merge the records and features of every image of `folder` into its summary (written as
-    summary.json): means over images, FID/KID per protocol. `model` = {"identity", "lmbda",
+    summary.json): means over images, FID/KID per protocol; with a compiled decoder also
+    compile_s, the seconds spent compiling it (not in decode_s). `model` = {"identity", "lmbda",
     "compiled" (the decoder ran under torch.compile)}.
     OneDCError naming the unfinished images if some are missing."""
     missing = [p.stem for p in images if not is_done(folder, p.stem, model["identity"], suite.names, bool(suite.distribution))]
@@ -152,6 +153,8 @@ def summarize(folder: Path, images: list[Path], suite: MetricSuite, curve_name: 
         summary[key] = sum(values) / len(values) if values else None
         if values and len(values) < len(records):
             summary[f"{key}_images"] = len(values)
+    if model["compiled"]:  # a total, over every process that coded images of this rate point
+        summary["compile_s"] = sum(r.get("compile_s", 0.0) for r in records)
     for i, d in enumerate(suite.distribution):
         d.reset()
         for path in images:
