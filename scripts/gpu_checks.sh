@@ -21,6 +21,10 @@
 #     the decoder compiled (onedc-eval run --compile; compiled by the warm-up batch)
 # Random full-size weights (--random-weights / untrained): the compute is that of the real models.
 # Usage: bash scripts/gpu_checks.sh [LOG_DIR] [codec|train|eval|all]   (default: gpu_logs all)
+# On a GPU machine without internet whose python has PyTorch: gather the wheels it lacks here
+# (bash scripts/offline_wheels.sh wheels), copy the checkout with them, and there run
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site wheels/*.whl &&
+#   PYTHONPATH=/tmp/site PYTHONSAFEPATH=1 bash scripts/gpu_checks.sh gpu_logs codec
 set -uo pipefail
 LOG=${1:-gpu_logs}
 PART=${2:-all}
