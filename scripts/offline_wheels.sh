@@ -32,8 +32,14 @@ for name in "${NAMES[@]}"; do
   pins+=("$name==$version")
 done
 # pip wheel takes a published wheel where there is one and builds the others (antlr4's 4.9.3 is
-# a source distribution); onedc's own wheel is built from this checkout
-"$PY" -m pip wheel -q --no-deps -w "$DIR" "${pins[@]}" .
+# a source distribution). onedc's own wheel is built from a clean copy of the checkout's tracked
+# files, uncommitted edits included (an in-place build would leave build/ here, whose stale
+# files a later build can package)
+source=$(mktemp -d)
+trap 'rm -rf "$source"' EXIT
+tree=$(git stash create)  # a commit of the uncommitted edits; empty when there are none
+git archive --format=tar "${tree:-HEAD}" | tar -x -C "$source"
+"$PY" -m pip wheel -q --no-deps -w "$DIR" "${pins[@]}" "$source"
 platform=$(find "$DIR" -name '*.whl' ! -name '*-none-any.whl')
 if [ -n "$platform" ]; then
   echo "offline_wheels.sh: not pure-Python, built for this machine only: $platform" >&2
