@@ -3,7 +3,7 @@
 * y: integer residuals round(y - mu) coded with rANS (`rans.py`) under discretised zero-mean
   Gaussians: a log-spaced table of scales, one 16-bit quantised CDF per scale, escape coding
   of the tails. Tables and streams are bit-identical to those of compressai's
-  `GaussianConditional` and rANS coder (tested against compressai where it is installed).
+  `GaussianConditional` and rANS coder (tested against compressai, a test dependency).
   All steps of the context model go into one stream per image, in coding order.
 * z: FSQ indices packed at a fixed width (14 bits for levels [4]*7), no entropy model.
 """
