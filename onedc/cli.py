@@ -18,15 +18,15 @@ MAX_PIXELS_HELP = ("largest image to code, in pixels after padding to multiples 
 
 
 def _load_model(args: argparse.Namespace, model: str | None, default_model: str, decoding: bool = False):
-    """The model to code with, on --device. A decoding model drops the encoder's parts before it
-    moves to the device, keeps its frozen weights in bf16 on a GPU, and is compiled with
-    --compile."""
+    """The model to code with, on --device. A decoding model leaves the encoder's weights
+    unread (or drops them before it moves to the device), keeps its frozen weights in bf16 on a
+    GPU, and is compiled with --compile."""
     import torch
 
     from .weights import load_weight_paths
 
     device = args.device or default_device()
-    net = load_model(PROGRAM, args.checkpoint, model, default_model, load_weight_paths(args.weights))
+    net = load_model(PROGRAM, args.checkpoint, model, default_model, load_weight_paths(args.weights), decoding)
     if decoding:
         net.for_decoding(torch.bfloat16 if device.startswith("cuda") else torch.float32)
     net = net.to(device)

@@ -64,19 +64,23 @@ def default_device() -> str:
 
 
 def load_model(program: str, checkpoint: str | None, model_name: str | None, default_model: str,
-               weight_paths: dict[str, str | None]):
+               weight_paths: dict[str, str | None], decoding: bool = False):
     """The model of a command, in eval mode on the CPU: the checkpoint folder's, complete
     (`OneDC.from_pretrained`; a `--model` naming another config is ignored with a warning), or
-    without one the untrained, seeded `model_name` (or `default_model`), with a warning."""
+    without one the untrained, seeded `model_name` (or `default_model`), with a warning.
+    `decoding`: a decoding-only model, the checkpoint's encoder weights left unread
+    (`OneDC.from_pretrained(decoding=True)`)."""
     from .config import load_model_config
     from .model import OneDC
 
     if checkpoint:
-        model = OneDC.from_pretrained(checkpoint, weight_paths)
+        model = OneDC.from_pretrained(checkpoint, weight_paths, decoding=decoding)
         if model_name and model_name != model.config.name:
             warn(program, f"--model {model_name} ignored: the checkpoint holds {model.config.name}")
     else:
         model = OneDC.untrained(load_model_config(model_name or default_model))
+        if decoding:
+            model.for_decoding()
         warn(program, f"no --checkpoint given: using an untrained {model.config.name} (seed {model.config.seed}); "
                       "its files and pixels show the pipeline, not compression quality")
     return model.eval()

@@ -11,8 +11,10 @@ Checkpoint folder (written atomically by `save_pretrained`):
     frozen.safetensors  optional: frozen weights bundled with the checkpoint (an imported
                         official release carries its DMD2 U-Net base)
     onedc.json          {"format", "format_version", "model_config", "lmbda", "weights_digest",
-                        "frozen_digest" (with frozen.safetensors), "checksum" (SHA-256 of the
-                        other entries as canonical JSON)}
+                        "decoder_digest" (SHA-256 of the trainable weights decoding uses: all
+                        but g_a and h_enc; since format 3), "frozen_digest" (with
+                        frozen.safetensors), "checksum" (SHA-256 of the other entries as
+                        canonical JSON)}
 Frozen parts (the U-Net base and the VAE) are not stored: they come from their own source
 (the seeded initialisation of an untrained config; the DMD2 U-Net and SD2.1 VAE at full size,
 found as `onedc weights check` finds them): `OneDC.from_pretrained` loads all of it.
@@ -51,7 +53,8 @@ from .state_dicts import check_keys, load_into, load_safetensors
 from .weights import externally_loaded_parts, load_frozen_weights
 
 CHECKPOINT_FORMAT = "onedc-checkpoint"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 2: the checksum and the config keys of FORMAT_1_DEFAULTS; 3: decoder_digest
+READABLE_VERSIONS = (1, 2, 3)
 # Model-config keys added after checkpoint format 1, with the value format-1 checkpoints were
 # built with (they did not record them). Format-1 checkpoints that bundle frozen weights are
 # imported official releases, whose vae_reduction was trained with GroupNorm eps 1e-6: format 1
@@ -69,7 +72,7 @@ OFFICIAL_REDUCTION_EPS = 1.0e-6
 WEIGHTS_FILE = "model.safetensors"
 FROZEN_FILE = "frozen.safetensors"
 METADATA_FILE = "onedc.json"
-METADATA_KEYS = {"format", "format_version", "model_config", "lmbda", "weights_digest", "frozen_digest", "checksum"}
+METADATA_KEYS = {"format", "format_version", "model_config", "lmbda", "weights_digest", "decoder_digest", "frozen_digest", "checksum"}
 
 
 @dataclass
@@ -94,6 +97,12 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> bytes:
     return h.digest()
 
 
+def used_by_decoder(key: str) -> bool:
+    """Whether the trainable weight `key` (as in OneDC.state_dict()) is one decoding uses: all
+    but those of g_a and h_enc."""
+    return not key.startswith(tuple(f"codec.{part}." for part in LatentCodec.ENCODER_PARTS))
+
+
 def write_checkpoint(folder: Path, config: ModelConfig, lmbda: float | None, trainable: dict[str, torch.Tensor],
                      frozen: dict[str, torch.Tensor] | None = None) -> None:
     """Write a checkpoint's files into an existing folder: model.safetensors (trainable
@@ -106,6 +115,7 @@ def write_checkpoint(folder: Path, config: ModelConfig, lmbda: float | None, tra
         "model_config": config.to_dict(),
         "lmbda": lmbda,
         "weights_digest": tensor_digest(trainable)[:DIGEST_BYTES].hex(),
+        "decoder_digest": tensor_digest({k: v for k, v in trainable.items() if used_by_decoder(k)}).hex(),
     }
     if frozen:
         frozen = {k: v.detach().cpu().contiguous() for k, v in frozen.items()}
@@ -132,7 +142,8 @@ def upgrade_format_1(meta: dict) -> None:
 
 def read_metadata(path: Path) -> dict:
     """A checkpoint's onedc.json, checked: valid JSON, known keys, its checksum (files written
-    before the checksum existed have none), format 1 (upgraded) or this format. CheckpointError naming the check."""
+    before the checksum existed have none), a readable format (format 1 upgraded).
+    CheckpointError naming the check."""
     try:
         meta = json.loads(path.read_text())
     except OSError as e:
@@ -146,11 +157,18 @@ def read_metadata(path: Path) -> dict:
         raise CheckpointError(f"{path}: unexpected entries {unknown}: the file is corrupt or written by a newer onedc")
     if "checksum" in meta and meta["checksum"] != json_checksum(meta):
         raise CheckpointError(f"{path}: checksum mismatch: the file is corrupt or was edited")
-    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") not in (1, CHECKPOINT_VERSION):
-        raise CheckpointError(f"{path} is not a onedc checkpoint (format version 1 or {CHECKPOINT_VERSION})")
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("format_version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path} is not a onedc checkpoint (format versions {', '.join(map(str, READABLE_VERSIONS))})")
+    if "decoder_digest" in meta and not (is_hex_digest(meta["decoder_digest"], 32) and is_hex_digest(meta.get("weights_digest"), DIGEST_BYTES)):
+        raise CheckpointError(f"{path}: its weights_digest or decoder_digest is not a digest: the file is corrupt or was edited")
     if meta["format_version"] == 1:
         upgrade_format_1(meta)
     return meta
+
+
+def is_hex_digest(value, size: int) -> bool:
+    """Whether `value` is the hexadecimal string of a `size`-byte digest."""
+    return isinstance(value, str) and len(value) == 2 * size and all(c in "0123456789abcdef" for c in value)
 
 
 def read_checkpoint(path: Path) -> tuple[dict, ModelConfig, dict[str, torch.Tensor]]:
@@ -231,7 +249,7 @@ class OneDC(nn.Module):
             return cls(config)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, weight_paths: dict[str, str | None] | None = None) -> "OneDC":
+    def from_pretrained(cls, path: str | Path, weight_paths: dict[str, str | None] | None = None, decoding: bool = False) -> "OneDC":
         """A usable model from a checkpoint folder written by `save_pretrained` (or by
         `onedc import-official`): its trainable weights, the frozen weights bundled with it,
         and the external frozen weights its config names (the DMD2 U-Net and the SD2.1 VAE at
@@ -241,7 +259,12 @@ class OneDC(nn.Module):
         Where files hold every weight (the full-size configs) the model is built without
         initialising them and takes the loaded tensors (13 s less on 2 cores at full size,
         docs/benchmarks.md); otherwise (the tiny configs, whose frozen parts are seeded) on the
-        seeded initialisation."""
+        seeded initialisation.
+
+        `decoding`: a decoding-only model (`for_decoding`, float32). Where the checkpoint records
+        its decoder's digest (format 3) g_a and h_enc are dropped before loading, so their
+        weights are never read, and the weights decoding uses are verified against that digest;
+        an older checkpoint is verified whole first."""
         path = Path(path)
         meta, config, state = read_checkpoint(path)
         bundled = read_bundled_frozen(path, meta["frozen_digest"]) if meta.get("frozen_digest") else {}
@@ -249,13 +272,22 @@ class OneDC(nn.Module):
         if not model.weights_all_from_files(bundled):
             model = cls.untrained(config)
         model.lmbda = meta.get("lmbda")
+        decoder_only = decoding and "decoder_digest" in meta
+        if decoder_only:
+            model.codec.drop_encoder()
+            model._fixed_digest = bytes.fromhex(meta["weights_digest"])  # the identity of the whole model
+            state = {k: v for k, v in state.items() if used_by_decoder(k)}
         model.load_trainable_state_dict(state, source=str(path / WEIGHTS_FILE))
-        if model.weights_digest().hex() != meta.get("weights_digest"):
+        if decoder_only:
+            digest, recorded = tensor_digest(model.trainable_state_dict()).hex(), meta["decoder_digest"]
+        else:
+            digest, recorded = model.weights_digest().hex(), meta.get("weights_digest")
+        if digest != recorded:
             raise CheckpointError(f"{path / WEIGHTS_FILE}: digest mismatch with {METADATA_FILE}: the file is corrupt or was replaced")
         if bundled:
             model.load_bundled_frozen(bundled, source=str(path / FROZEN_FILE))
         load_frozen_weights(model, weight_paths)
-        return model
+        return model.for_decoding() if decoding else model
 
     def weights_all_from_files(self, bundled: dict[str, torch.Tensor]) -> bool:
         """Whether loading a checkpoint replaces every weight: the trainable ones, `bundled`
@@ -496,11 +528,11 @@ class OneDC(nn.Module):
         base and VAE decoder in `frozen_dtype` (bf16 on a GPU: half the memory; the trainable
         weights stay float32). The identity is fixed at its current digest, since the model no
         longer holds every trainable weight. Returns self."""
-        if not self.decoding_only:
+        if self._fixed_digest is None:
             self._fixed_digest = self.weights_digest()
-            self.codec.drop_encoder()
-            self.vae.encoder = None
-            self.vae.quant_conv = None
+        self.codec.drop_encoder()
+        self.vae.encoder = None
+        self.vae.quant_conv = None
         frozen = [p for name, p in self.generator.named_parameters() if not is_trainable(name)]
         for p in frozen + list(self.vae.parameters()):
             p.data = p.data.to(frozen_dtype)

@@ -1,3 +1,4 @@
+import copy
 import json
 import random
 from pathlib import Path
@@ -7,7 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from onedc import CheckpointError, OneDC, WriteError
-from onedc.model import read_metadata
+from onedc.checksums import json_checksum
+from onedc.model import CHECKPOINT_VERSION, read_metadata
 
 
 def test_save_and_load_round_trip(fitted_model, tmp_path):
@@ -136,7 +138,7 @@ def test_format_1_checkpoints_load_with_the_values_they_were_built_with(tiny_mod
     meta = json.loads((tmp_path / "ours" / "onedc.json").read_text())
     config = meta["model_config"]
     meta["format_version"] = 1
-    del meta["checksum"]  # format 1 carried none
+    del meta["checksum"], meta["decoder_digest"]  # format 1 carried neither
     del config["image_padding"], config["codec"]["z_only"], config["generator"]["unet"]["norm_eps"]
     config["generator"]["reduction_eps"] = 1e-5
     (tmp_path / "ours" / "onedc.json").write_text(json.dumps(meta))
@@ -154,7 +156,7 @@ def test_format_1_checkpoints_load_with_the_values_they_were_built_with(tiny_mod
 
     meta["format_version"] = 1
     upgrade_format_1(meta)  # ... but the config is upgraded to the official eps
-    assert meta["model_config"]["generator"]["reduction_eps"] == 1e-6 and meta["format_version"] == 2
+    assert meta["model_config"]["generator"]["reduction_eps"] == 1e-6 and meta["format_version"] == CHECKPOINT_VERSION
 
 def test_truncated_or_bit_flipped_checkpoint_files_are_named(tiny_model, tmp_path):
     ckpt = tmp_path / "ckpt"
@@ -206,3 +208,59 @@ def test_corrupt_checkpoints_are_one_line_errors_in_the_commands(tiny_model, tmp
     err = capsys.readouterr().err.strip()  # after the progress bar, which starts before the first model loads
     last = err.splitlines()[-1]
     assert "Traceback" not in err and last.startswith("onedc-eval: error: ") and "model.safetensors: safetensors header check failed" in last
+
+
+def flip_a_byte_of(path: Path, key: str) -> None:
+    """Flip the middle byte of tensor `key`'s data in the safetensors file `path`."""
+    data = bytearray(path.read_bytes())
+    header_size = int.from_bytes(data[:8], "little")
+    start, end = json.loads(data[8:8 + header_size])[key]["data_offsets"]
+    data[8 + header_size + (start + end) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_decoding_load_leaves_the_encoders_weights_unread(fitted_model, photos, tmp_path):
+    """OneDC.from_pretrained(decoding=True): g_a's and h_enc's weights are neither loaded nor
+    verified (a flipped byte in g_a, which a full load refuses, goes unnoticed, and the decoder
+    decodes exactly as the full model does), while those decoding uses are (a flipped byte in
+    g_s is refused)."""
+    data = fitted_model.compress(photos["coffee"][:, :128, :192])
+    ckpt = tmp_path / "ckpt"
+    fitted_model.save_pretrained(ckpt)
+    weights = ckpt / "model.safetensors"
+    original, keys = weights.read_bytes(), list(load_file(weights))
+    flip_a_byte_of(weights, next(k for k in keys if k.startswith("codec.g_a.")))
+    with pytest.raises(CheckpointError, match="digest mismatch"):
+        OneDC.from_pretrained(ckpt)
+    decoder = OneDC.from_pretrained(ckpt, decoding=True)
+    assert decoder.decoding_only and decoder.vae.encoder is None and decoder.identity == fitted_model.identity
+    reference = copy.deepcopy(fitted_model).for_decoding()
+    assert torch.equal(decoder.decode_latents(data).y_hat, reference.decode_latents(data).y_hat)
+    assert torch.equal(decoder.decompress(data), reference.decompress(data))
+    weights.write_bytes(original)
+    flip_a_byte_of(weights, next(k for k in keys if k.startswith("codec.g_s.")))
+    with pytest.raises(CheckpointError, match="digest mismatch"):
+        OneDC.from_pretrained(ckpt, decoding=True)
+
+
+def test_a_decoding_load_of_a_format_2_checkpoint_verifies_every_weight(fitted_model, tmp_path):
+    """Format 2 recorded no decoder digest: the decoding load reads and verifies every trainable
+    weight, then drops the encoder's. A decoder digest that is not one is refused by name."""
+    ckpt = tmp_path / "ckpt"
+    fitted_model.save_pretrained(ckpt)
+    meta = json.loads((ckpt / "onedc.json").read_text())
+    del meta["decoder_digest"], meta["checksum"]
+    meta["format_version"] = 2
+
+    def write(meta):
+        (ckpt / "onedc.json").write_text(json.dumps({**meta, "checksum": json_checksum(meta)}))
+
+    write(meta)
+    decoder = OneDC.from_pretrained(ckpt, decoding=True)
+    assert decoder.decoding_only and decoder.identity == fitted_model.identity
+    flip_a_byte_of(ckpt / "model.safetensors", next(k for k in load_file(ckpt / "model.safetensors") if k.startswith("codec.g_a.")))
+    with pytest.raises(CheckpointError, match="digest mismatch"):
+        OneDC.from_pretrained(ckpt, decoding=True)
+    write({**meta, "format_version": 3, "decoder_digest": "not a digest"})
+    with pytest.raises(CheckpointError, match="decoder_digest is not a digest"):
+        OneDC.from_pretrained(ckpt, decoding=True)

@@ -87,6 +87,7 @@ def test_a_checkpoint_whose_weights_all_come_from_files_is_loaded_without_initia
     with monkeypatch.context() as patched:
         patched.setattr(OneDC, "untrained", None)
         loaded = OneDC.from_pretrained(tmp_path / "ckpt", weights)
+        decoder = OneDC.from_pretrained(tmp_path / "ckpt", weights, decoding=True)  # g_a, h_enc never loaded
     reference, state = expected.state_dict(), loaded.state_dict()
     assert state.keys() == reference.keys()
     assert all(state[k].dtype == reference[k].dtype and torch.equal(state[k], reference[k]) for k in reference)
@@ -94,6 +95,7 @@ def test_a_checkpoint_whose_weights_all_come_from_files_is_loaded_without_initia
     data = loaded.eval().compress(image)
     assert data == expected.eval().compress(image)
     assert torch.equal(loaded.decompress(data), expected.decompress(data))
+    assert decoder.decoding_only and torch.equal(decoder.decompress(data), expected.decompress(data))
     # the weights may be the files' memory maps: training them in place must not write the files
     files = {path: path.read_bytes() for path in (tmp_path / "ckpt" / "model.safetensors", tmp_path / "vae" / "diffusion_pytorch_model.safetensors")}
     with torch.no_grad():

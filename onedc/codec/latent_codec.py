@@ -35,6 +35,8 @@ from .synthesis import SynthesisTransform
 
 
 class LatentCodec(nn.Module):
+    ENCODER_PARTS = ("g_a", "h_enc")  # the submodules only encoding uses
+
     def __init__(self, cfg: CodecConfig, bc: BlockConfig):
         super().__init__()
         self.cfg = cfg
@@ -107,8 +109,8 @@ class LatentCodec(nn.Module):
 
     def drop_encoder(self) -> None:
         """Remove g_a and h_enc, which only encoding uses."""
-        self.g_a = None
-        self.h_enc = None
+        for name in self.ENCODER_PARTS:
+            setattr(self, name, None)
 
     def semantic(self, indices: torch.Tensor) -> torch.Tensor:
         """c (B, Cc, h, w) from the FSQ indices (B, h, w)."""
