@@ -7,8 +7,11 @@ frozen parts written as the external weight files (a DMD2-style U-Net file and a
 folder; 5.6 GB in --workdir): what loading a real release costs, with random weights.
 
 With --baseline DIR (a checkout of another commit, e.g. `git worktree add /tmp/base HEAD~1`),
-the two code trees run interleaved, so both see the same machine load. Prints every run and the
-median per tree and command. Example: python scripts/bench_startup.py --runs 5 --baseline /tmp/base
+the two code trees run interleaved, so both see the same machine load. With --format-2 (full
+size), this tree also decodes with the checkpoint's metadata rewritten as format 2 (no decoder
+digest: every trainable weight read and verified, as before format 3), the same weight files.
+Prints every run and the median per tree and command.
+Example: python scripts/bench_startup.py --runs 5 --baseline /tmp/base
 """
 
 from __future__ import annotations
@@ -68,13 +71,38 @@ def full_size_files(folder: Path) -> list[str]:
             "--weights", f"sd21_vae={folder / 'vae'}", "--device", "cpu"]
 
 
+AS_FORMAT_2 = """
+import json, sys
+from pathlib import Path
+from onedc.checksums import json_checksum
+source, copy = Path(sys.argv[1]), Path(sys.argv[2])
+meta = json.loads((source / "onedc.json").read_text())
+del meta["decoder_digest"], meta["checksum"]
+meta["format_version"] = 2
+copy.mkdir(exist_ok=True)
+(copy / "onedc.json").write_text(json.dumps({**meta, "checksum": json_checksum(meta)}, indent=2))
+if not (copy / "model.safetensors").exists():
+    (copy / "model.safetensors").symlink_to(source / "model.safetensors")
+"""
+
+
+def format_2_options(folder: Path, options: list[str]) -> list[str]:
+    """`options` with the checkpoint replaced by a format-2 copy of it (its metadata without
+    the decoder digest, its weights file linked), made in a process of its own."""
+    subprocess.run([sys.executable, "-c", AS_FORMAT_2, str(folder / "ckpt"), str(folder / "ckpt_format_2")], check=True)
+    return [str(folder / "ckpt_format_2") if value == str(folder / "ckpt") else value for value in options]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--model", choices=("onedc_tiny", "onedc_sd15"), default="onedc_tiny")
     parser.add_argument("--baseline", type=Path, help="another checkout, timed interleaved with this one")
     parser.add_argument("--workdir", type=Path, help="where the full-size files are made (kept); default: a temporary folder")
+    parser.add_argument("--format-2", action="store_true", help="onedc_sd15: also decompress with the checkpoint as format 2")
     args = parser.parse_args()
+    if args.format_2 and args.model != "onedc_sd15":
+        parser.error("--format-2 needs --model onedc_sd15 (the tiny model has no checkpoint)")
     trees = {"this": HERE, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
@@ -87,10 +115,14 @@ def main() -> None:
                     "compress": ["compress", str(image), str(file), *options]}
         for tree in trees.values():  # the file to decode, and numba's kernel cache of each tree
             timed_run(tree, commands["compress"], work)
+        variants = {name: (tree, commands) for name, tree in trees.items()}  # name: (code tree, commands)
+        if args.format_2:
+            variants["this, format-2 checkpoint"] = (HERE, {"decompress": ["decompress", str(file), str(work / "out_format_2.png"),
+                                                                         *format_2_options(work, options)]})
         times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for run in range(args.runs):
-            for name, tree in trees.items():
-                for command, argv in commands.items():
+            for name, (tree, argvs) in variants.items():
+                for command, argv in argvs.items():
                     seconds, peak = timed_run(tree, argv, work)
                     times.setdefault((name, command), []).append((seconds, peak))
                     print(f"run {run + 1} {name} {command}: {seconds:.2f} s, peak {peak:.2f} GB", flush=True)
