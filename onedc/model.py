@@ -540,8 +540,9 @@ class OneDC(nn.Module):
         return self
 
     def compile_decoder(self) -> "OneDC":
-        """torch.compile the U-Net and the VAE decoder in place (static shapes: each image size
-        compiles on its first decode, which then takes the compile time). Returns self."""
+        """torch.compile the U-Net and the VAE decoder in place (static shapes: each batch size
+        and image size compiles on its first decode, or ahead of it with `compile_for`).
+        Returns self."""
         self.generator.unet.compile(dynamic=False)
         self.vae.decoder.compile(dynamic=False)
         self.decoder_compiled = True
