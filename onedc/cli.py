@@ -17,10 +17,11 @@ MAX_PIXELS_HELP = ("largest image to code, in pixels after padding to multiples 
                    "configs/limits.yaml (4096x4096), and the estimated memory must fit the device; a given N alone applies")
 
 
-def _load_model(args: argparse.Namespace, model: str | None, default_model: str, decoding: bool = False):
-    """The model to code with, on --device. A decoding model leaves the encoder's weights
-    unread (or drops them before it moves to the device), keeps its frozen weights in bf16 on a
-    GPU, and is compiled with --compile."""
+def _load_model(args: argparse.Namespace, model: str | None, default_model: str, decoding: bool):
+    """The model to code with, on --device, holding only what its direction uses. A decoding
+    model leaves the encoder's weights unread (or drops them before it moves to the device),
+    keeps its frozen weights in bf16 on a GPU, and is compiled with --compile; an encoding
+    model drops h_sem, g_s, the generator and the VAE decoder before it moves."""
     import torch
 
     from .weights import load_weight_paths
@@ -29,6 +30,8 @@ def _load_model(args: argparse.Namespace, model: str | None, default_model: str,
     net = load_model(PROGRAM, args.checkpoint, model, default_model, load_weight_paths(args.weights), decoding)
     if decoding:
         net.for_decoding(torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    else:
+        net.for_encoding()
     net = net.to(device)
     return net.compile_decoder() if decoding and args.compile else net
 
@@ -61,7 +64,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
     x, notes = load_image(source, args.max_pixels)
     for note in notes:
         print(f"onedc: note: {source}: {note}", file=sys.stderr)
-    net = _load_model(args, args.model, TINY_DEFAULT)
+    net = _load_model(args, args.model, TINY_DEFAULT, decoding=False)
     data = net.compress(x, args.max_pixels)
     with atomic_file(output) as tmp:
         tmp.write_bytes(data)
@@ -79,7 +82,7 @@ def _compress_folder(source: Path, output: Path, args: argparse.Namespace) -> No
         raise OneDCError(f"{source}: no images found")
     sizes = {path: _image_size(path) for path in paths}
     paths.sort(key=sizes.get)  # one size per batch
-    net = _load_model(args, args.model, TINY_DEFAULT)
+    net = _load_model(args, args.model, TINY_DEFAULT, decoding=False)
 
     def load(path: Path):
         x, notes = load_image(path, args.max_pixels)

@@ -229,7 +229,7 @@ class OneDC(nn.Module):
         self.decoder_compiled = False  # `compile_decoder`
         self._compiled_shapes: set[tuple[int, int, int]] = set()  # (batch, height, width) padded: `compile_for`
         self._digest: tuple[tuple, bytes] | None = None
-        self._fixed_digest: bytes | None = None  # the identity of a decoding-only model
+        self._fixed_digest: bytes | None = None  # the identity of a decoding- or encoding-only model
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -327,8 +327,8 @@ class OneDC(nn.Module):
 
     def write_checkpoint_files(self, folder: Path) -> None:
         """model.safetensors (trainable weights) and onedc.json into an existing folder."""
-        if self.decoding_only:
-            raise CheckpointError("a decoding-only model (OneDC.for_decoding) lacks g_a and h_enc: save the full model")
+        if self.decoding_only or self.encoding_only:
+            raise CheckpointError("a decoding-only or encoding-only model (OneDC.for_decoding, for_encoding) lacks weights: save the full model")
         write_checkpoint(folder, self.config, self.lmbda, self.trainable_state_dict())
 
     # ----------------------------------------------------------------- identity
@@ -339,8 +339,9 @@ class OneDC(nn.Module):
     def weights_digest(self) -> bytes:
         """First DIGEST_BYTES of SHA-256 over the trainable tensors (key, dtype, shape, bytes),
         i.e. over what a checkpoint stores. Cached until a tensor is replaced or modified in
-        place (version counters; writes through `.data` bypass them). A decoding-only model
-        keeps the digest it had when it was made one (`for_decoding`)."""
+        place (version counters; writes through `.data` bypass them). A decoding-only or
+        encoding-only model keeps the digest it had when it was made one (`for_decoding`,
+        `for_encoding`; or its checkpoint's, `from_pretrained(decoding=True)`)."""
         if self._fixed_digest is not None:
             return self._fixed_digest
         generator = (p for n, p in self.generator.named_parameters() if is_trainable(n))
@@ -495,6 +496,7 @@ class OneDC(nn.Module):
         """Latent reconstruction -> image (3, H, W) in [-1, 1] at the original size ((B, 3, H, W)
         for a batched reconstruction). With frozen weights in bf16 (`for_decoding`) the
         generator and the VAE decoder run under bf16 autocast."""
+        self.codec.require_decoder()
         with stage("h_sem_g_s"):
             y_in = self.codec.g_s(rec.y_hat, rec.c)
         low_precision = torch.autocast(self.device.type, dtype=self.frozen_dtype) if self.frozen_dtype != torch.float32 else contextlib.nullcontext()
@@ -522,12 +524,17 @@ class OneDC(nn.Module):
     def decoding_only(self) -> bool:
         return self.codec.g_a is None
 
+    @property
+    def encoding_only(self) -> bool:
+        return self.codec.g_s is None
+
     def for_decoding(self, frozen_dtype: torch.dtype = torch.float32) -> "OneDC":
         """Make this model a decoder, in place: drop g_a, h_enc and the VAE encoder (which only
         encoding uses; call before moving the model to its device) and store the frozen U-Net
         base and VAE decoder in `frozen_dtype` (bf16 on a GPU: half the memory; the trainable
         weights stay float32). The identity is fixed at its current digest, since the model no
         longer holds every trainable weight. Returns self."""
+        self.codec.require_decoder()
         if self._fixed_digest is None:
             self._fixed_digest = self.weights_digest()
         self.codec.drop_encoder()
@@ -537,6 +544,20 @@ class OneDC(nn.Module):
         for p in frozen + list(self.vae.parameters()):
             p.data = p.data.to(frozen_dtype)
         self.frozen_dtype = frozen_dtype
+        return self
+
+    def for_encoding(self) -> "OneDC":
+        """Make this model an encoder, in place: drop what only decoding uses (h_sem, g_s, the
+        one-step generator with its U-Net, the VAE decoder; call before moving the model to its
+        device: at full size 1.41 B parameters become 0.35 B). The identity is fixed at its
+        current digest. Returns self."""
+        self.codec.require_encoder()
+        if self._fixed_digest is None:
+            self._fixed_digest = self.weights_digest()
+        self.codec.drop_decoder()
+        self.generator = None
+        self.vae.decoder = None
+        self.vae.post_quant_conv = None
         return self
 
     def compile_decoder(self) -> "OneDC":

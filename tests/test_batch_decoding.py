@@ -50,6 +50,23 @@ def test_decoding_only_model_decodes_identically_and_cannot_encode(fitted_model,
         decoder.write_checkpoint_files(None)
 
 
+def test_encoding_only_model_writes_the_same_files_and_cannot_decode(fitted_model, crops):
+    """OneDC.for_encoding (what `onedc compress` codes with): h_sem, g_s, the generator and the
+    VAE decoder dropped; the same identity and files; decoding refused with a clear error."""
+    data = fitted_model.compress(crops[0])
+    encoder = copy.deepcopy(fitted_model).for_encoding()
+    assert encoder.encoding_only and encoder.identity == fitted_model.identity
+    dropped = [fitted_model.generator, fitted_model.vae.decoder, fitted_model.vae.post_quant_conv, fitted_model.codec.h_sem, fitted_model.codec.g_s]
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(encoder) == count(fitted_model) - sum(count(m) for m in dropped)
+    assert encoder.compress(crops) == fitted_model.compress(crops)
+    for call in (lambda: encoder.decompress(data), lambda: encoder.encode(crops[0]), lambda: encoder.estimate_bits(crops[0]), encoder.for_decoding):
+        with pytest.raises(OneDCError, match="encoding only"):
+            call()
+    with pytest.raises(CheckpointError, match="encoding-only"):
+        encoder.write_checkpoint_files(None)
+
+
 def test_frozen_weights_in_bf16_decode_the_same_latents(fitted_model, crops):
     data = fitted_model.compress(crops[1])
     decoder = copy.deepcopy(fitted_model).for_decoding(torch.bfloat16)

@@ -36,6 +36,7 @@ from .synthesis import SynthesisTransform
 
 class LatentCodec(nn.Module):
     ENCODER_PARTS = ("g_a", "h_enc")  # the submodules only encoding uses
+    DECODER_PARTS = ("h_sem", "g_s")  # those only decoding uses (the hyper-decoder and context model serve both)
 
     def __init__(self, cfg: CodecConfig, bc: BlockConfig):
         super().__init__()
@@ -63,6 +64,8 @@ class LatentCodec(nn.Module):
         training mode, rounded ones in eval mode; zero for a z-only model); in eval mode also
         bits["y_official"], the official code's eval-mode estimate (sigma bounded at
         official_eval_scale_min instead of scale_min). bits["z"] is the fixed cost of the indices."""
+        self.require_encoder()
+        self.require_decoder()
         e = self.cfg.entropy
         y, sem = self.g_a(x, x_lat)
         z_hat, indices = self.fsq(self.h_enc(y, sem))
@@ -107,13 +110,23 @@ class LatentCodec(nn.Module):
         if self.g_a is None:
             raise OneDCError("this model was made for decoding only (OneDC.for_decoding): it cannot encode")
 
+    def require_decoder(self) -> None:
+        if self.g_s is None:
+            raise OneDCError("this model was made for encoding only (OneDC.for_encoding): it cannot decode")
+
     def drop_encoder(self) -> None:
         """Remove g_a and h_enc, which only encoding uses."""
         for name in self.ENCODER_PARTS:
             setattr(self, name, None)
 
+    def drop_decoder(self) -> None:
+        """Remove h_sem and g_s, which only decoding uses."""
+        for name in self.DECODER_PARTS:
+            setattr(self, name, None)
+
     def semantic(self, indices: torch.Tensor) -> torch.Tensor:
         """c (B, Cc, h, w) from the FSQ indices (B, h, w)."""
+        self.require_decoder()
         return self.h_sem(self.h_dec.stem(self.fsq.codes(indices)))
 
     @torch.no_grad()
