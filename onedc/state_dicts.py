@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -15,7 +16,9 @@ TRANSFORMERS_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors or torch pickle state dict (tensors only, `weights_only`), with any
-    leading `module.` prefix removed. A diffusers or transformers folder reads its weights file."""
+    leading `module.` prefix removed. A diffusers or transformers folder reads its weights file.
+    Safetensors files and torch's zip-format pickles are memory-mapped: a tensor is read from
+    disk when first used (and never if its part is dropped unused)."""
     if path.is_dir():
         names = DIFFUSERS_WEIGHT_FILES + TRANSFORMERS_WEIGHT_FILES
         path = next((path / f for f in names if (path / f).is_file()), path / names[0])
@@ -23,7 +26,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = load_safetensors(path)
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except Exception as e:  # unreadable, truncated or not a state dict: one clear message
             raise WeightsError(f"cannot read weights {path}: {e}") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

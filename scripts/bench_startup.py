@@ -3,8 +3,9 @@ and `onedc compress`, each run a fresh process.
 
 --model onedc_tiny (default): a 128x128 image, the untrained tiny model (no checkpoint).
 --model onedc_sd15: a 256x256 image, a full-size checkpoint of the untrained model, with its
-frozen parts written as the external weight files (a DMD2-style U-Net file and a diffusers VAE
-folder; 5.6 GB in --workdir): what loading a real release costs, with random weights.
+frozen parts written as the external weight files (the U-Net base as a torch pickle like DMD2's
+pytorch_model.bin, and a diffusers VAE folder; 5.6 GB in --workdir): what loading a real
+release costs, with random weights.
 
 With --baseline DIR (a checkout of another commit, e.g. `git worktree add /tmp/base HEAD~1`),
 the two code trees run interleaved, so both see the same machine load. With --format-2 (full
@@ -48,14 +49,14 @@ def timed_run(tree: Path, args: list[str], folder: Path) -> tuple[float, float]:
 MAKE_FULL_SIZE_FILES = """
 import sys
 from pathlib import Path
-from safetensors.torch import save_file
+import torch
 from onedc import OneDC, load_model_config
 folder = Path(sys.argv[1])
 model = OneDC.untrained(load_model_config("onedc_sd15"))
 model.lmbda = 4.6
 base = {k.replace(".base_layer.", "."): v.contiguous() for k, v in model.generator.unet.state_dict().items()
         if ".lora_" not in k and not k.startswith("conv_in.")}
-save_file(base, folder / "dmd2_unet.safetensors")
+torch.save(base, folder / "dmd2_unet.bin")
 model.vae.save_pretrained(folder / "vae")
 model.save_pretrained(folder / "ckpt")
 """
@@ -67,7 +68,7 @@ def full_size_files(folder: Path) -> list[str]:
     point the commands at them."""
     if not (folder / "ckpt" / "onedc.json").is_file():
         subprocess.run([sys.executable, "-c", MAKE_FULL_SIZE_FILES, str(folder)], check=True)
-    return ["--checkpoint", str(folder / "ckpt"), "--weights", f"dmd2_unet={folder / 'dmd2_unet.safetensors'}",
+    return ["--checkpoint", str(folder / "ckpt"), "--weights", f"dmd2_unet={folder / 'dmd2_unet.bin'}",
             "--weights", f"sd21_vae={folder / 'vae'}", "--device", "cpu"]
 
 

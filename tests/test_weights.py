@@ -13,6 +13,7 @@ from onedc import OneDC
 from onedc.cli import main
 from onedc.config import model_config_from_dict
 from onedc.model import build_tokenizer
+from onedc.state_dicts import read_state_dict
 from onedc.weights import WeightsError, load_frozen_weights, load_tokenizer, load_unet_base, load_vae, locate, require
 
 
@@ -26,6 +27,18 @@ def plain_unet(cfg):
         block_out_channels=tuple(u.block_out_channels), layers_per_block=u.layers_per_block,
         attention_head_dim=u.attention_head_dim, cross_attention_dim=u.cross_attention_dim, norm_num_groups=u.norm_num_groups,
     )
+
+
+def mapped_from(tensor: torch.Tensor, path) -> bool:
+    """Whether `tensor`'s memory lies in a mapping of the file `path` (Linux: /proc/self/maps)."""
+    address = tensor.data_ptr()
+    for line in open("/proc/self/maps").read().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5] == str(path):
+            start, end = (int(v, 16) for v in fields[0].split("-"))
+            if start <= address < end:
+                return True
+    return False
 
 
 def with_external(cfg, **external):
@@ -58,6 +71,14 @@ def test_dmd2_style_bin_loads_through_the_model_and_misfits_are_clear(tiny_confi
     model = OneDC.untrained(with_external(tiny_config, unet="dmd2_unet"))
     load_frozen_weights(model, {"dmd2_unet": str(bin_path)})
     assert torch.equal(model.generator.unet.state_dict()["conv_out.weight"], source.state_dict()["conv_out.weight"])
+    # torch's zip format is memory-mapped, copy-on-write (the file never changes); the legacy format is read whole
+    state = read_state_dict(bin_path)
+    assert mapped_from(state["conv_out.weight"], bin_path)
+    content = bin_path.read_bytes()
+    state["conv_out.weight"].add_(1.0)
+    assert bin_path.read_bytes() == content
+    torch.save(source.state_dict(), tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    assert torch.equal(read_state_dict(tmp_path / "legacy.bin")["conv_out.weight"], source.state_dict()["conv_out.weight"])
     broken = source.state_dict()
     del broken["mid_block.resnets.0.conv1.weight"]
     broken["conv_out.bias"] = torch.zeros(7)
