@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one go (docs/benchmarks.md records their output).
-#   codec part (about 8 minutes on an H200; each step has its own time limit and log):
+#   codec part (about 6 minutes on an H200, at most 10; each step has its own time limit and log):
 #     cuda_tests     the CUDA bit-exactness tests (a file encoded on the CPU decodes identically
 #                    on the GPU and the other way round)
 #     codec_eager    full-size per-stage profile, encode/decode time at 512^2 and 1024^2 (bf16,
@@ -8,6 +8,7 @@
 #                    weights vs activations
 #     codec_compile  the same decode with --compile at 1024^2, compile time reported apart
 #     codec_batch    batched coding throughput at 512^2, batch 1, 8, 16 (images/s)
+#   costs part (about 5 minutes):
 #     codec_costs    the size guard's CUDA coefficients: full-size encode / decode time and peak
 #                    memory at 512^2 to 2048^2 (bf16), fitted as in configs/limits.yaml
 #   train part (about 9 minutes): Stage I and Stage II throughput, peak memory and per-component
@@ -20,7 +21,7 @@
 #     the projected wall time of MS-COCO 30K x 7 rate points on 1 and 8 GPUs; eager, then with
 #     the decoder compiled (onedc-eval run --compile; compiled by the warm-up batch)
 # Random full-size weights (--random-weights / untrained): the compute is that of the real models.
-# Usage: bash scripts/gpu_checks.sh [LOG_DIR] [codec|train|eval|all]   (default: gpu_logs all)
+# Usage: bash scripts/gpu_checks.sh [LOG_DIR] [codec|costs|train|eval|all]   (default: gpu_logs all)
 # On a GPU machine without internet whose python has PyTorch: gather the wheels it lacks here
 # (bash scripts/offline_wheels.sh wheels), copy the checkout with them, and there run
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site wheels/*.whl &&
@@ -45,6 +46,8 @@ if [ "$PART" = codec ] || [ "$PART" = all ]; then
   step codec_eager 150 $PY -m onedc.eval complexity --model onedc_sd15 --sizes 512 1024 --repeat 5 --device cuda --json "$LOG/codec_eager.json"
   step codec_compile 200 $PY -m onedc.eval complexity --model onedc_sd15 --sizes 1024 --repeat 5 --device cuda --compile --json "$LOG/codec_compile.json"
   step codec_batch 100 $PY scripts/bench_codec.py --model onedc_sd15 --size 512x512 --batch 1 8 16 --images 16 --repeat 2 --device cuda --json "$LOG/codec_batch.json"
+fi
+if [ "$PART" = costs ] || [ "$PART" = all ]; then
   step codec_costs 420 $PY scripts/measure_costs.py --model onedc_sd15 --device cuda --precision bf16 --sizes 512 1024 2048 --json "$LOG/costs_sd15_cuda.json"
 fi
 if [ "$PART" = train ] || [ "$PART" = all ]; then
