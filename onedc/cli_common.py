@@ -68,8 +68,8 @@ def load_model(program: str, checkpoint: str | None, model_name: str | None, def
     """The model of a command, in eval mode on the CPU: the checkpoint folder's, complete
     (`OneDC.from_pretrained`; a `--model` naming another config is ignored with a warning), or
     without one the untrained, seeded `model_name` (or `default_model`), with a warning.
-    `decoding`: a decoding-only model, the checkpoint's encoder weights left unread
-    (`OneDC.from_pretrained(decoding=True)`)."""
+    `decoding`: a checkpoint is loaded as a decoding-only model, its encoder weights left
+    unread (`OneDC.from_pretrained(decoding=True)`)."""
     from .config import load_model_config
     from .model import OneDC
 
@@ -79,8 +79,6 @@ def load_model(program: str, checkpoint: str | None, model_name: str | None, def
             warn(program, f"--model {model_name} ignored: the checkpoint holds {model.config.name}")
     else:
         model = OneDC.untrained(load_model_config(model_name or default_model))
-        if decoding:
-            model.for_decoding()
         warn(program, f"no --checkpoint given: using an untrained {model.config.name} (seed {model.config.seed}); "
                       "its files and pixels show the pipeline, not compression quality")
     return model.eval()
