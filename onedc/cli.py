@@ -18,21 +18,18 @@ MAX_PIXELS_HELP = ("largest image to code, in pixels after padding to multiples 
 
 
 def _load_model(args: argparse.Namespace, model: str | None, default_model: str, decoding: bool):
-    """The model to code with, on --device, holding only what its direction uses. A decoding
-    model leaves the encoder's weights unread (or drops them before it moves to the device),
-    keeps its frozen weights in bf16 on a GPU, and is compiled with --compile; an encoding
-    model drops h_sem, g_s, the generator and the VAE decoder before it moves."""
+    """The model to code with, on --device, holding only what its direction uses, whose
+    unused weights are never read (`OneDC.from_pretrained(role=...)`). A decoder keeps its
+    frozen weights in bf16 on a GPU and is compiled with --compile; an encoder has no h_sem,
+    g_s, generator or VAE decoder, and needs no U-Net weights."""
     import torch
 
     from .weights import load_weight_paths
 
     device = args.device or default_device()
-    net = load_model(PROGRAM, args.checkpoint, model, default_model, load_weight_paths(args.weights), decoding)
-    if decoding:
-        net.for_decoding(torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    else:
-        net.for_encoding()
-    net = net.to(device)
+    frozen_dtype = torch.bfloat16 if decoding and device.startswith("cuda") else torch.float32
+    net = load_model(PROGRAM, args.checkpoint, model, default_model, load_weight_paths(args.weights),
+                     "decoder" if decoding else "encoder", frozen_dtype).to(device)
     return net.compile_decoder() if decoding and args.compile else net
 
 

@@ -64,21 +64,24 @@ def default_device() -> str:
 
 
 def load_model(program: str, checkpoint: str | None, model_name: str | None, default_model: str,
-               weight_paths: dict[str, str | None], decoding: bool = False):
-    """The model of a command, in eval mode on the CPU: the checkpoint folder's, complete
+               weight_paths: dict[str, str | None], role: str = "full", frozen_dtype=None):
+    """The model of a command, in eval mode on the CPU: the checkpoint folder's
     (`OneDC.from_pretrained`; a `--model` naming another config is ignored with a warning), or
-    without one the untrained, seeded `model_name` (or `default_model`), with a warning.
-    `decoding`: a checkpoint is loaded as a decoding-only model, its encoder weights left
-    unread (`OneDC.from_pretrained(decoding=True)`)."""
+    without one the untrained, seeded `model_name` (or `default_model`), with a warning; made
+    for `role` ("full", "encoder" or "decoder", frozen weights in `frozen_dtype`, default
+    float32: `OneDC.for_role`), a checkpoint's unused weights never read."""
+    import torch
+
     from .config import load_model_config
     from .model import OneDC
 
+    frozen_dtype = frozen_dtype or torch.float32
     if checkpoint:
-        model = OneDC.from_pretrained(checkpoint, weight_paths, decoding=decoding)
+        model = OneDC.from_pretrained(checkpoint, weight_paths, role, frozen_dtype)
         if model_name and model_name != model.config.name:
             warn(program, f"--model {model_name} ignored: the checkpoint holds {model.config.name}")
     else:
-        model = OneDC.untrained(load_model_config(model_name or default_model))
+        model = OneDC.untrained(load_model_config(model_name or default_model)).for_role(role, frozen_dtype)
         warn(program, f"no --checkpoint given: using an untrained {model.config.name} (seed {model.config.seed}); "
                       "its files and pixels show the pipeline, not compression quality")
     return model.eval()

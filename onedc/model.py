@@ -17,7 +17,8 @@ Checkpoint folder (written atomically by `save_pretrained`):
                         canonical JSON)}
 Frozen parts (the U-Net base and the VAE) are not stored: they come from their own source
 (the seeded initialisation of an untrained config; the DMD2 U-Net and SD2.1 VAE at full size,
-found as `onedc weights check` finds them): `OneDC.from_pretrained` loads all of it.
+found as `onedc weights check` finds them): `OneDC.from_pretrained` loads all of it, or of an
+encoder or a decoder only what it keeps.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from .generator.tokenizer import MaskGITTokenizer
 from .generator.vae import build_vae, decode_latent, encode_latent
 from .limits import check_size
 from .profiling import stage, synchronized_seconds
-from .state_dicts import check_keys, load_into, load_safetensors
+from .state_dicts import check_keys, kept, load_into, load_safetensors
 from .weights import externally_loaded_parts, load_frozen_weights
 
 CHECKPOINT_FORMAT = "onedc-checkpoint"
@@ -72,6 +73,7 @@ OFFICIAL_REDUCTION_EPS = 1.0e-6
 WEIGHTS_FILE = "model.safetensors"
 FROZEN_FILE = "frozen.safetensors"
 METADATA_FILE = "onedc.json"
+ROLES = ("full", "encoder", "decoder")  # what a loaded model is for (`OneDC.from_pretrained`, `for_role`)
 METADATA_KEYS = {"format", "format_version", "model_config", "lmbda", "weights_digest", "decoder_digest", "frozen_digest", "checksum"}
 
 
@@ -249,7 +251,8 @@ class OneDC(nn.Module):
             return cls(config)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, weight_paths: dict[str, str | None] | None = None, decoding: bool = False) -> "OneDC":
+    def from_pretrained(cls, path: str | Path, weight_paths: dict[str, str | None] | None = None, role: str = "full",
+                        frozen_dtype: torch.dtype = torch.float32) -> "OneDC":
         """A usable model from a checkpoint folder written by `save_pretrained` (or by
         `onedc import-official`): its trainable weights, the frozen weights bundled with it,
         and the external frozen weights its config names (the DMD2 U-Net and the SD2.1 VAE at
@@ -261,10 +264,15 @@ class OneDC(nn.Module):
         docs/benchmarks.md); otherwise (the tiny configs, whose frozen parts are seeded) on the
         seeded initialisation.
 
-        `decoding`: a decoding-only model (`for_decoding`, float32). Where the checkpoint records
-        its decoder's digest (format 3) g_a and h_enc are dropped before loading, so their
-        weights are never read, and the weights decoding uses are verified against that digest;
-        an older checkpoint is verified whole first."""
+        `role` (ROLES): "full"; "encoder", made `for_encoding` before its frozen weights load,
+        so the U-Net's and the VAE decoder's are neither looked for nor read; or "decoder",
+        made `for_decoding(frozen_dtype)` before they load, so the VAE encoder's are not read
+        and the others are cast once, straight to `frozen_dtype`. Where the checkpoint records
+        its decoder's digest (format 3) a decoder also drops g_a and h_enc before loading its
+        trainable weights, which are verified against that digest; an older checkpoint, and
+        any other role, is verified whole."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         path = Path(path)
         meta, config, state = read_checkpoint(path)
         bundled = read_bundled_frozen(path, meta["frozen_digest"]) if meta.get("frozen_digest") else {}
@@ -272,7 +280,7 @@ class OneDC(nn.Module):
         if not model.weights_all_from_files(bundled):
             model = cls.untrained(config)
         model.lmbda = meta.get("lmbda")
-        decoder_only = decoding and "decoder_digest" in meta
+        decoder_only = role == "decoder" and "decoder_digest" in meta
         if decoder_only:
             model.codec.drop_encoder()
             model._fixed_digest = bytes.fromhex(meta["weights_digest"])  # the identity of the whole model
@@ -284,10 +292,11 @@ class OneDC(nn.Module):
             digest, recorded = model.weights_digest().hex(), meta.get("weights_digest")
         if digest != recorded:
             raise CheckpointError(f"{path / WEIGHTS_FILE}: digest mismatch with {METADATA_FILE}: the file is corrupt or was replaced")
+        model.for_role(role, frozen_dtype)
         if bundled:
             model.load_bundled_frozen(bundled, source=str(path / FROZEN_FILE))
         load_frozen_weights(model, weight_paths)
-        return model.for_decoding() if decoding else model
+        return model
 
     def weights_all_from_files(self, bundled: dict[str, torch.Tensor]) -> bool:
         """Whether loading a checkpoint replaces every weight: the trainable ones, `bundled`
@@ -298,7 +307,9 @@ class OneDC(nn.Module):
 
     def load_bundled_frozen(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Frozen weights shipped inside a checkpoint (e.g. the DMD2 U-Net base of an imported
-        official release): a subset of the frozen keys, each with its shape."""
+        official release): a subset of the frozen keys, each with its shape. Those of parts
+        this model dropped are left out (`state_dicts.dropped`)."""
+        state = kept(self, state)
         trainable = self.trainable_state_dict()
         frozen = {k: v.shape for k, v in self.state_dict().items() if k not in trainable}
         unknown = sorted(set(state) - set(frozen))
@@ -308,10 +319,12 @@ class OneDC(nn.Module):
         load_into(self, state)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights a checkpoint stores (those not frozen), keys as in `state_dict()`."""
+        """The weights a checkpoint stores (those not frozen) that this model holds (an
+        encoding-only one has no generator), keys as in `state_dict()`."""
+        generator = self.generator.trainable_state_dict() if self.generator is not None else {}
         return {
             **{f"codec.{k}": v for k, v in self.codec.state_dict().items()},
-            **{f"generator.{k}": v for k, v in self.generator.trainable_state_dict().items()},
+            **{f"generator.{k}": v for k, v in generator.items()},
         }
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
@@ -341,7 +354,7 @@ class OneDC(nn.Module):
         i.e. over what a checkpoint stores. Cached until a tensor is replaced or modified in
         place (version counters; writes through `.data` bypass them). A decoding-only or
         encoding-only model keeps the digest it had when it was made one (`for_decoding`,
-        `for_encoding`; or its checkpoint's, `from_pretrained(decoding=True)`)."""
+        `for_encoding`; or its checkpoint's, `from_pretrained(role=...)`)."""
         if self._fixed_digest is not None:
             return self._fixed_digest
         generator = (p for n, p in self.generator.named_parameters() if is_trainable(n))
@@ -559,6 +572,13 @@ class OneDC(nn.Module):
         self.vae.decoder = None
         self.vae.post_quant_conv = None
         return self
+
+    def for_role(self, role: str, frozen_dtype: torch.dtype = torch.float32) -> "OneDC":
+        """What `role` (ROLES) asks of a model: "full" leaves it whole, "encoder" makes it
+        `for_encoding`, "decoder" `for_decoding(frozen_dtype)`. Returns self."""
+        if role == "encoder":
+            return self.for_encoding()
+        return self.for_decoding(frozen_dtype) if role == "decoder" else self
 
     def compile_decoder(self) -> "OneDC":
         """torch.compile the U-Net and the VAE decoder in place (static shapes: each batch size

@@ -12,6 +12,7 @@ from .errors import OneDCError, WeightsError
 
 DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 TRANSFORMERS_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_ABSENT = object()
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -75,6 +76,25 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
         module.load_state_dict({k: state[k].to(current[k].dtype) for k in empty}, strict=False, assign=True)
     if len(empty) < len(state):
         module.load_state_dict({k: v for k, v in state.items() if k not in empty}, strict=False)
+
+
+def dropped(module: nn.Module, path: str) -> bool:
+    """Whether the submodule at dotted `path` in `module`, or one above it, was set to None:
+    a part the model dropped (e.g. the VAE encoder of a decoding-only OneDC). A path that does
+    not exist is not dropped (a strict key check then reports it)."""
+    part = module
+    for name in filter(None, path.split(".")):
+        if not isinstance(part, nn.Module):
+            return False
+        part = getattr(part, name, _ABSENT)
+        if part is None:
+            return True
+    return False
+
+
+def kept(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without the keys that lie in parts of `module` it dropped (`dropped`)."""
+    return {k: v for k, v in state.items() if not dropped(module, k.rpartition(".")[0])}
 
 
 def shapes(state: dict[str, torch.Tensor]) -> dict[str, torch.Size]:

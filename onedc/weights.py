@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, WeightsError
-from .state_dicts import DIFFUSERS_WEIGHT_FILES, TRANSFORMERS_WEIGHT_FILES, check_keys, load_into, read_state_dict, shapes
+from .state_dicts import DIFFUSERS_WEIGHT_FILES, TRANSFORMERS_WEIGHT_FILES, check_keys, dropped, kept, load_into, read_state_dict, shapes
 
 DMD2_FILE = (
     "model/sdv1.5/laion6.25_sd_baseline_8node_guidance1.75_lr5e-7_seed10_dfake10_diffusion1000_gan1e-3_"
@@ -214,8 +214,9 @@ def load_unet_base(unet: nn.Module, path: Path) -> None:
 
 def load_module(module: nn.Module, path: Path, what: str, skip: tuple[str, ...] = ()) -> None:
     """Strictly load a state-dict file (or model folder) into `module`; keys ending in one of
-    `skip` are left out first (for known, harmless extras)."""
-    state = {k: v for k, v in read_state_dict(path).items() if not (skip and k.endswith(skip))}
+    `skip` are left out first (for known, harmless extras), and so are those of parts the
+    module dropped (the VAE encoder of a decoding-only OneDC: `state_dicts.dropped`)."""
+    state = {k: v for k, v in kept(module, read_state_dict(path)).items() if not (skip and k.endswith(skip))}
     check_keys(shapes(module.state_dict()), state, str(path), what)
     load_into(module, state)
 
@@ -259,10 +260,12 @@ def externally_loaded_parts(external) -> list[str]:
 
 def load_frozen_weights(model, weight_paths: dict[str, str | None] | None = None) -> None:
     """Load the frozen U-Net base and VAE of a OneDC named in `model.config.external`; null
-    entries keep their seeded initialisation. WeightsError if one is missing or misfits."""
+    entries keep their seeded initialisation. WeightsError if one is missing or misfits. A
+    part the model dropped is neither looked for nor read (an encoding-only OneDC needs no
+    U-Net weights; `state_dicts.dropped`)."""
     for key, (part, load) in EXTERNAL_FROZEN_PARTS.items():
         name = getattr(model.config.external, key)
-        if name is None:
+        if name is None or dropped(model, part):
             continue
         if name not in EXTERNAL_WEIGHTS:
             raise ConfigError(f"external.{key}: unknown weights {name!r}; known: {', '.join(EXTERNAL_WEIGHTS)}")

@@ -4,8 +4,8 @@ and `onedc compress`, each run a fresh process.
 --model onedc_tiny (default): a 128x128 image, the untrained tiny model (no checkpoint).
 --model onedc_sd15: a 256x256 image, a full-size checkpoint of the untrained model, with its
 frozen parts written as the external weight files (the U-Net base as a torch pickle like DMD2's
-pytorch_model.bin, and a diffusers VAE folder; 5.6 GB in --workdir): what loading a real
-release costs, with random weights.
+pytorch_model.bin, float32 as DMD2's or float16 with --unet-dtype, and a diffusers VAE folder;
+5.6 GB in --workdir): what loading a real release costs, with random weights.
 
 With --baseline DIR (a checkout of another commit, e.g. `git worktree add /tmp/base HEAD~1`),
 the two code trees run interleaved, so both see the same machine load. With --format-2 (full
@@ -54,7 +54,7 @@ from onedc import OneDC, load_model_config
 folder = Path(sys.argv[1])
 model = OneDC.untrained(load_model_config("onedc_sd15"))
 model.lmbda = 4.6
-base = {k.replace(".base_layer.", "."): v.contiguous() for k, v in model.generator.unet.state_dict().items()
+base = {k.replace(".base_layer.", "."): v.to(getattr(torch, sys.argv[2])).contiguous() for k, v in model.generator.unet.state_dict().items()
         if ".lora_" not in k and not k.startswith("conv_in.")}
 torch.save(base, folder / "dmd2_unet.bin")
 model.vae.save_pretrained(folder / "vae")
@@ -62,12 +62,12 @@ model.save_pretrained(folder / "ckpt")
 """
 
 
-def full_size_files(folder: Path) -> list[str]:
-    """A full-size checkpoint and its external weights in `folder` (made once, in a process of
-    their own: a child's peak memory counts from its parent's at the fork); the options that
-    point the commands at them."""
+def full_size_files(folder: Path, unet_dtype: str) -> list[str]:
+    """A full-size checkpoint and its external weights in `folder`, the U-Net base in
+    `unet_dtype` (made once, in a process of their own: a child's peak memory counts from its
+    parent's at the fork); the options that point the commands at them."""
     if not (folder / "ckpt" / "onedc.json").is_file():
-        subprocess.run([sys.executable, "-c", MAKE_FULL_SIZE_FILES, str(folder)], check=True)
+        subprocess.run([sys.executable, "-c", MAKE_FULL_SIZE_FILES, str(folder), unet_dtype], check=True)
     return ["--checkpoint", str(folder / "ckpt"), "--weights", f"dmd2_unet={folder / 'dmd2_unet.bin'}",
             "--weights", f"sd21_vae={folder / 'vae'}", "--device", "cpu"]
 
@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout, timed interleaved with this one")
     parser.add_argument("--workdir", type=Path, help="where the full-size files are made (kept); default: a temporary folder")
     parser.add_argument("--format-2", action="store_true", help="onedc_sd15: also decompress with the checkpoint as format 2")
+    parser.add_argument("--unet-dtype", choices=("float32", "float16"), default="float32",
+                        help="onedc_sd15: the dtype of the U-Net stand-in (DMD2's file is float32; a new --workdir per dtype)")
     args = parser.parse_args()
     if args.format_2 and args.model != "onedc_sd15":
         parser.error("--format-2 needs --model onedc_sd15 (the tiny model has no checkpoint)")
@@ -109,7 +111,7 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         side = 128 if args.model == "onedc_tiny" else 256
-        options = [] if args.model == "onedc_tiny" else full_size_files(work)
+        options = [] if args.model == "onedc_tiny" else full_size_files(work, args.unet_dtype)
         image, file = work / "astronaut.png", work / "astronaut.onedc"
         Image.fromarray(skimage.data.astronaut()).resize((side, side), Image.BICUBIC).save(image)
         commands = {"decompress": ["decompress", str(file), str(work / "out.png"), *options],

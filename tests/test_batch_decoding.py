@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 
 from helpers import COMPILE_SECONDS
 from onedc import CheckpointError, OneDCError
@@ -26,6 +27,32 @@ def test_a_batch_writes_the_files_batch_one_writes(fitted_model, crops):
         # the latents are exact; the float generator may round differently in a batch
         assert torch.allclose(image, fitted_model.decompress(data), atol=1e-5)
     assert torch.equal(fitted_model._decode_latents(files).y_hat[1:2], fitted_model.decode_latents(files[1]).y_hat)
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the explicit reads of tensor values into the host: `.cpu()`, `.item()` and
+    `.tolist()` (each a transfer from a GPU and a wait for it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in ("cpu", "item", "tolist")
+        return func(*args, **(kwargs or {}))
+
+
+def test_coding_reads_into_the_host_once_per_context_step_whatever_the_size_and_batch(fitted_model, crops, photos):
+    """The entropy path's transfers from the device do not grow with the image or the batch:
+    decoding reads the table indexes of each of the 4 context steps; encoding each step's
+    symbols and indexes, and the FSQ indices of z once."""
+    fitted_model.compress(crops[0])  # once per model: hashing the weights (the files' identity), building the tables
+    for images in (crops[:1], crops, [photos["astronaut"][:, :256, :320]]):
+        with torch.no_grad(), HostReads() as encoding:
+            files = fitted_model.compress(images)
+        with torch.no_grad(), HostReads() as decoding:
+            fitted_model.decompress(files)
+        assert (encoding.count, decoding.count) == (5, 4)
 
 
 def test_a_batch_holds_one_size(fitted_model, crops, photos):

@@ -220,7 +220,7 @@ def flip_a_byte_of(path: Path, key: str) -> None:
 
 
 def test_a_decoding_load_leaves_the_encoders_weights_unread(fitted_model, photos, tmp_path):
-    """OneDC.from_pretrained(decoding=True): g_a's and h_enc's weights are neither loaded nor
+    """OneDC.from_pretrained(role="decoder"): g_a's and h_enc's weights are neither loaded nor
     verified (a flipped byte in g_a, which a full load refuses, goes unnoticed, and the decoder
     decodes exactly as the full model does), while those decoding uses are (a flipped byte in
     g_s is refused)."""
@@ -232,7 +232,7 @@ def test_a_decoding_load_leaves_the_encoders_weights_unread(fitted_model, photos
     flip_a_byte_of(weights, next(k for k in keys if k.startswith("codec.g_a.")))
     with pytest.raises(CheckpointError, match="digest mismatch"):
         OneDC.from_pretrained(ckpt)
-    decoder = OneDC.from_pretrained(ckpt, decoding=True)
+    decoder = OneDC.from_pretrained(ckpt, role="decoder")
     assert decoder.decoding_only and decoder.vae.encoder is None and decoder.identity == fitted_model.identity
     reference = copy.deepcopy(fitted_model).for_decoding()
     assert torch.equal(decoder.decode_latents(data).y_hat, reference.decode_latents(data).y_hat)
@@ -240,7 +240,7 @@ def test_a_decoding_load_leaves_the_encoders_weights_unread(fitted_model, photos
     weights.write_bytes(original)
     flip_a_byte_of(weights, next(k for k in keys if k.startswith("codec.g_s.")))
     with pytest.raises(CheckpointError, match="digest mismatch"):
-        OneDC.from_pretrained(ckpt, decoding=True)
+        OneDC.from_pretrained(ckpt, role="decoder")
 
 
 def test_a_decoding_load_of_a_format_2_checkpoint_verifies_every_weight(fitted_model, tmp_path):
@@ -256,11 +256,11 @@ def test_a_decoding_load_of_a_format_2_checkpoint_verifies_every_weight(fitted_m
         (ckpt / "onedc.json").write_text(json.dumps({**meta, "checksum": json_checksum(meta)}))
 
     write(meta)
-    decoder = OneDC.from_pretrained(ckpt, decoding=True)
+    decoder = OneDC.from_pretrained(ckpt, role="decoder")
     assert decoder.decoding_only and decoder.identity == fitted_model.identity
     flip_a_byte_of(ckpt / "model.safetensors", next(k for k in load_file(ckpt / "model.safetensors") if k.startswith("codec.g_a.")))
     with pytest.raises(CheckpointError, match="digest mismatch"):
-        OneDC.from_pretrained(ckpt, decoding=True)
+        OneDC.from_pretrained(ckpt, role="decoder")
     write({**meta, "format_version": 3, "decoder_digest": "not a digest"})
     with pytest.raises(CheckpointError, match="decoder_digest is not a digest"):
-        OneDC.from_pretrained(ckpt, decoding=True)
+        OneDC.from_pretrained(ckpt, role="decoder")

@@ -62,6 +62,10 @@ def test_tiny_release_imports_round_trips_and_codes_identically(source_model, ti
     source_model.lmbda = 2.9
     assert imported.compress(image) == source_model.compress(image)
     assert torch.equal(imported.decompress(imported.compress(image)), source_model.decompress(source_model.compress(image)))
+    # an encoder or decoder loads only the bundled weights of the parts it keeps (an encoder: none of the U-Net's)
+    data = OneDC.from_pretrained(tmp_path / "ours", role="encoder").compress(image)
+    assert data == imported.compress(image)
+    assert torch.equal(OneDC.from_pretrained(tmp_path / "ours", role="decoder").decompress(data), imported.decompress(data))
 
 
 def test_bad_release_folders(source_model, tiny_config, tmp_path):

@@ -1,6 +1,7 @@
 """External weights: lookup (config path, HF cache, TORCH_HOME), friendly errors, and loading
 tiny stand-ins written exactly as the real files are (diffusers layout, DMD2 .bin, MaskGIT .bin)."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -13,7 +14,7 @@ from onedc import OneDC
 from onedc.cli import main
 from onedc.config import model_config_from_dict
 from onedc.model import build_tokenizer
-from onedc.state_dicts import read_state_dict
+from onedc.state_dicts import dropped, kept, read_state_dict
 from onedc.weights import WeightsError, load_frozen_weights, load_tokenizer, load_unet_base, load_vae, locate, require
 
 
@@ -108,7 +109,12 @@ def test_a_checkpoint_whose_weights_all_come_from_files_is_loaded_without_initia
     with monkeypatch.context() as patched:
         patched.setattr(OneDC, "untrained", None)
         loaded = OneDC.from_pretrained(tmp_path / "ckpt", weights)
-        decoder = OneDC.from_pretrained(tmp_path / "ckpt", weights, decoding=True)  # g_a, h_enc never loaded
+        decoder = OneDC.from_pretrained(tmp_path / "ckpt", weights, role="decoder")  # g_a, h_enc never loaded
+        bf16_decoder = OneDC.from_pretrained(tmp_path / "ckpt", weights, role="decoder", frozen_dtype=torch.bfloat16)
+        without_unet = {**weights, "dmd2_unet": str(tmp_path / "absent.bin")}
+        encoder = OneDC.from_pretrained(tmp_path / "ckpt", without_unet, role="encoder")  # the U-Net is not looked for
+    with pytest.raises(WeightsError, match="missing external weights 'dmd2_unet'"):
+        OneDC.from_pretrained(tmp_path / "ckpt", without_unet)
     reference, state = expected.state_dict(), loaded.state_dict()
     assert state.keys() == reference.keys()
     assert all(state[k].dtype == reference[k].dtype and torch.equal(state[k], reference[k]) for k in reference)
@@ -117,12 +123,29 @@ def test_a_checkpoint_whose_weights_all_come_from_files_is_loaded_without_initia
     assert data == expected.eval().compress(image)
     assert torch.equal(loaded.decompress(data), expected.decompress(data))
     assert decoder.decoding_only and torch.equal(decoder.decompress(data), expected.decompress(data))
+    assert encoder.encoding_only and encoder.compress(image) == data and encoder.identity == expected.identity
+    # the float16 U-Net base cast once, straight to bf16: the model that casting after loading gives
+    cast_after = copy.deepcopy(expected).for_decoding(torch.bfloat16).state_dict()
+    assert bf16_decoder.state_dict().keys() == cast_after.keys()
+    assert all(v.dtype == cast_after[k].dtype and torch.equal(v, cast_after[k]) for k, v in bf16_decoder.state_dict().items())
+    assert bf16_decoder.generator.unet.conv_out.weight.dtype == torch.bfloat16
+    assert torch.equal(bf16_decoder.decode_latents(data).y_hat, expected.decode_latents(data).y_hat)
     # the weights may be the files' memory maps: training them in place must not write the files
     files = {path: path.read_bytes() for path in (tmp_path / "ckpt" / "model.safetensors", tmp_path / "vae" / "diffusion_pytorch_model.safetensors")}
     with torch.no_grad():
         for p in loaded.parameters():
             p.add_(1.0)
     assert all(path.read_bytes() == content for path, content in files.items())
+
+
+def test_the_parts_a_model_dropped_are_told_by_path(tiny_model):
+    decoder, encoder = copy.deepcopy(tiny_model).for_decoding(), copy.deepcopy(tiny_model).for_encoding()
+    assert dropped(decoder, "vae.encoder") and dropped(decoder, "vae.encoder.conv_in") and dropped(decoder, "codec.g_a")
+    assert not dropped(decoder, "vae.decoder") and not dropped(decoder, "vae.decoder.conv_in") and not dropped(decoder, "")
+    assert dropped(encoder, "generator.unet.conv_out") and not dropped(encoder, "vae.encoder")
+    assert not dropped(decoder, "no.such.part")  # left to the strict key check
+    state = {"encoder.conv_in.weight": torch.zeros(1), "decoder.conv_in.weight": torch.zeros(1), "other": torch.zeros(1)}
+    assert list(kept(decoder.vae, state)) == ["decoder.conv_in.weight", "other"]
 
 
 def test_vae_and_tokenizer_files(tiny_config, tmp_path):
