@@ -4,8 +4,10 @@
 # that such images usually lack, each at the version installed in this environment (so both
 # machines run the same library code). Run it here, in the checkout, with the project's python.
 #
-# Usage: bash scripts/offline_wheels.sh DIR [NAME ...]
+# Usage: [PYTHON=...] bash scripts/offline_wheels.sh DIR [NAME ...]
 #   NAME: distributions to fetch instead of the default list below (pure-Python ones only).
+#   PYTHON: the environment whose versions are pinned; default .venv/bin/python (what
+#   scripts/setup_venv.sh makes) where it exists, else python.
 # On the offline machine:
 #   python3 -m pip install --no-index --no-deps --target SITE DIR/*.whl
 #   export PYTHONPATH=SITE PYTHONSAFEPATH=1
@@ -18,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:?usage: bash scripts/offline_wheels.sh DIR [NAME ...]}
 shift
-PY=${PYTHON:-python}
+if [ -x .venv/bin/python ]; then PY=${PYTHON:-.venv/bin/python}; else PY=${PYTHON:-python}; fi
 NAMES=("$@")
 if [ ${#NAMES[@]} -eq 0 ]; then
   NAMES=(diffusers hydra-core omegaconf antlr4-python3-runtime hydra-submitit-launcher submitit
